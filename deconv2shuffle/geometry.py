@@ -345,10 +345,18 @@ def explain_mismatch(plan: SubPixelPlan) -> str:
         return "exact"
     best = smallest(plan.source)
     tight = smallest(plan.source, "tight")
-    hint = f"exact needs a {best.target.describe()} conv" + (
-        f" (or {tight.target.describe()} with asymmetric padding)" if tight.target != best.target else ""
-    )
+    hint = f"exact needs a {_conv_words(best.target)}"
+    if tight.target != best.target:
+        hint += f" (or a {_conv_words(tight.target)})"
     return f"{'; '.join(plan.reasons)}; {hint}"
+
+
+def _conv_words(target: TargetGeometry) -> str:
+    k = "x".join(map(str, target.kernel_size))
+    if target.symmetric:
+        return f"{k} conv with padding {_fmt(target.pad_before)}"
+    pads = ", ".join(f"{b} before/{a} after" for b, a in zip(target.pad_before, target.pad_after, strict=True))
+    return f"{k} conv with padding {pads}"
 
 
 def subpixel_to_transposed(kernel_size: IntOrSeq, padding: IntOrSeq, stride: IntOrSeq, rank: int) -> TransposedConv:

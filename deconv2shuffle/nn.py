@@ -42,6 +42,25 @@ def pixel_shuffle(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
     return x.reshape(n, c_r // R, *(length * r for length, r in zip(spatial, factors, strict=True)))
 
 
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def subpixel_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan) -> torch.Tensor:
+    """Conv (plan's kernel and padding) + pixel shuffle + crop: the ConvTranspose of ``plan``."""
+    target = plan.target
+    spatial = x.shape[2:]
+    if target.symmetric:
+        z = _CONV_FN[plan.rank](x, weight, bias, padding=target.pad_before, groups=plan.source.groups)
+    else:
+        pads: list[int] = []
+        for before, after in zip(reversed(target.pad_before), reversed(target.pad_after), strict=True):
+            pads += [before, after]
+        z = _CONV_FN[plan.rank](F.pad(x, pads), weight, bias, groups=plan.source.groups)
+    y = pixel_shuffle(z, plan.factors)
+    lengths = plan.output_length(spatial)
+    return y[(slice(None), slice(None), *(slice(0, n) for n in lengths))]
+
+
 class PixelShuffle(nn.Module):
     """Pixel shuffle for 1, 2 or 3 spatial axes with one upscale factor per axis.
 
@@ -101,21 +120,7 @@ class _SubPixelConvTranspose(nn.Module):
         self.shuffle = PixelShuffle(plan.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        target = self.plan.target
-        if not target.symmetric:
-            pads: list[int] = []
-            for before, after in zip(reversed(target.pad_before), reversed(target.pad_after), strict=True):
-                pads += [before, after]
-            x = F.pad(x, pads)
-        spatial = x.shape[2:]
-        if not target.symmetric:
-            spatial = torch.Size(
-                h - b - a for h, b, a in zip(spatial, target.pad_before, target.pad_after, strict=True)
-            )
-        y = self.shuffle(self.conv(x))
-        lengths = self.plan.output_length(spatial)
-        index = (slice(None), slice(None), *(slice(0, n) for n in lengths))
-        return y[index]
+        return subpixel_forward(x, self.conv.weight, self.conv.bias, self.plan)
 
     def extra_repr(self) -> str:
         return (

@@ -60,7 +60,7 @@ def test_fit_one_by_one_conv_for_k4_s2_p1_says_why():
     assert not plan.exact
     assert plan.outside
     msg = explain_mismatch(plan)
-    assert "exact needs a 3x3 pad 1 conv" in msg
+    assert "exact needs a 3x3 conv with padding 1" in msg
     assert "land outside" in msg
 
 

@@ -1,0 +1,230 @@
+"""Model references (``pkg.module:Name`` or ``path/file.py:Name``) and what migrate reads from them.
+
+From a source model: each ConvTranspose layer's hyperparameters. From a target model: its keys
+and shapes, each Conv's geometry and the pixel shuffle that follows it (found with ``torch.fx``;
+when tracing fails, the next shuffle module registered beside the conv).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+from .nn import _TRANSPOSED, PixelShuffle, _SubPixelConvTranspose, transposed_spec
+from .spec import LayerSpec
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str = "model") -> nn.Module:
+    """Import ``ref`` and call it with ``args`` (JSON object text or a dict) to get a module."""
+    if ":" not in ref:
+        raise SpecError(f"--{what} {ref!r}: expected 'package.module:Name' or 'path/to/file.py:Name'")
+    where, _, name = ref.rpartition(":")
+    kwargs = _parse_args(args, what)
+    try:
+        if where.endswith(".py") or "/" in where or "\\" in where:
+            path = Path(where)
+            if not path.is_file():
+                raise SpecError(f"--{what} {ref!r}: file {where} not found")
+            mod_name = f"_deconv2shuffle_user_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise SpecError(f"--{what} {ref!r}: cannot import {where}")
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, str(path.resolve().parent))
+            try:
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.resolve().parent))
+        else:
+            module = importlib.import_module(where)
+    except SpecError:
+        raise
+    except Exception as e:  # the user's code may raise anything while importing
+        raise SpecError(f"--{what} {ref!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    factory = getattr(module, name, None)
+    if factory is None:
+        raise SpecError(f"--{what} {ref!r}: {where} has no attribute {name!r}")
+    try:
+        model = factory(**kwargs)
+    except Exception as e:
+        raise SpecError(f"--{what} {ref!r}: {name}(**{kwargs}) failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"--{what} {ref!r}: {name}(...) returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
+    if args is None or args == "":
+        return {}
+    if isinstance(args, dict):
+        return args
+    try:
+        value = json.loads(args)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"--{what.replace('model', 'args')}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"--{what.replace('model', 'args')}: expected a JSON object of constructor kwargs")
+    return value
+
+
+def source_layers(model: nn.Module) -> list[LayerSpec]:
+    """A LayerSpec for every ConvTranspose in ``model`` (target left to the default)."""
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, _TRANSPOSED):
+            geo = transposed_spec(module)
+            layers.append(
+                LayerSpec(
+                    source=name,
+                    stride=geo.stride,
+                    padding=geo.padding,
+                    output_padding=geo.output_padding,
+                    dilation=geo.dilation,
+                    groups=geo.groups,
+                )
+            )
+    return layers
+
+
+@dataclass(frozen=True)
+class TargetConv:
+    """A stride-1 conv in the target model, and the shuffle that follows it (if any)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    padding: tuple[int, ...]
+    groups: int
+    bias: bool
+    factors: tuple[int, ...] | None
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel_size)
+
+    def describe(self) -> str:
+        conv = f"Conv{self.rank}d({self.in_channels}, {self.out_channels}, kernel {'x'.join(map(str, self.kernel_size))}"
+        conv += f", padding {self.padding[0] if len(set(self.padding)) == 1 else self.padding})"
+        if self.factors:
+            f = self.factors[0] if len(set(self.factors)) == 1 else self.factors
+            conv += f" + PixelShuffle({f})"
+        return conv
+
+
+def _shuffle_factors(module: nn.Module, rank: int) -> tuple[int, ...] | None:
+    if isinstance(module, nn.PixelShuffle):
+        return (module.upscale_factor,) * rank
+    if isinstance(module, PixelShuffle):
+        return module.factors
+    return None
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (_SubPixelConvTranspose, PixelShuffle)) or super().is_leaf_module(m, qualname)
+
+
+def _traced_shuffles(model: nn.Module) -> dict[str, tuple[int, ...]] | None:
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:
+        return None
+    modules = dict(model.named_modules())
+    found: dict[str, tuple[int, ...]] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _CONVS):
+            continue
+        users = list(node.users)
+        if len(users) != 1:
+            continue
+        user = users[0]
+        rank = len(modules[node.target].kernel_size)
+        factors = None
+        if user.op == "call_module":
+            factors = _shuffle_factors(modules[user.target], rank)
+        elif user.op == "call_function" and user.target in (torch.nn.functional.pixel_shuffle, torch.pixel_shuffle):
+            r = user.args[1] if len(user.args) > 1 else user.kwargs.get("upscale_factor")
+            factors = (int(r),) * rank if isinstance(r, int) else None
+        if factors:
+            found[str(node.target)] = factors
+    return found
+
+
+def _registered_shuffles(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Fallback: a conv followed, in registration order under the same parent, by a shuffle."""
+    found = {}
+    names = list(model.named_modules())
+    for (name, module), (next_name, nxt) in zip(names, names[1:], strict=False):
+        if isinstance(module, _CONVS) and name.rpartition(".")[0] == next_name.rpartition(".")[0]:
+            factors = _shuffle_factors(nxt, len(module.kernel_size))
+            if factors:
+                found[name] = factors
+    return found
+
+
+def target_convs(model: nn.Module) -> dict[str, TargetConv]:
+    """Every stride-1 conv of the target model with the shuffle factor that follows it."""
+    shuffles: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _SubPixelConvTranspose):
+            shuffles[f"{name}.conv" if name else "conv"] = module.plan.factors
+    traced = _traced_shuffles(model)
+    shuffles.update(traced if traced is not None else _registered_shuffles(model))
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _CONVS):
+            padding = module.padding
+            if isinstance(padding, str):  # 'same' / 'valid'
+                padding = tuple(
+                    (d * (k - 1)) // 2 if padding == "same" else 0
+                    for k, d in zip(module.kernel_size, module.dilation, strict=True)
+                )
+            out[name] = TargetConv(
+                name=name,
+                in_channels=module.in_channels,
+                out_channels=module.out_channels,
+                kernel_size=tuple(module.kernel_size),
+                padding=tuple(padding),
+                groups=module.groups,
+                bias=module.bias is not None,
+                factors=shuffles.get(name),
+                stride=tuple(module.stride),
+                dilation=tuple(module.dilation),
+            )
+    return out
+
+
+def guess_input(model: nn.Module) -> tuple[int, ...] | None:
+    """An input shape the model accepts, from its first layer (tried by running it)."""
+    first = next((m for m in model.modules() if isinstance(m, (*_CONVS, *_TRANSPOSED, nn.Linear))), None)
+    if first is None:
+        return None
+    if isinstance(first, nn.Linear):
+        candidates = [(2, first.in_features)]
+    else:
+        rank = len(first.kernel_size)  # type: ignore[arg-type]
+        c = first.in_channels  # type: ignore[union-attr]
+        candidates = [(2, c, *([n] * rank)) for n in (16, 8, 1, 32, 4, 64)]
+    for shape in candidates:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(shape, dtype=next(model.parameters()).dtype))
+            return shape
+        except Exception:
+            continue
+    return None
