@@ -259,10 +259,14 @@ class Checkpoint:
 
 
 def _load_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
+    # torch.load sends a path ending in .safetensors to safetensors whatever its bytes are, and mmap
+    # needs a path: a torch file with that name is read through a file object, without mmap.
+    by_name = not path.name.endswith(".safetensors")
     try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=fmt == TORCH_ZIP)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == TORCH_ZIP)
+        if by_name:
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=fmt == TORCH_ZIP)
+        with path.open("rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         text = str(e)
         found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[: ]+`?([\w.]+)", text, re.I)
@@ -338,7 +342,9 @@ def load_checkpoint(
     fmt = sniff(path)
     if fmt == SAFETENSORS:
         st = SafetensorsFile(path)
-        return Checkpoint(path, fmt, st.state_dict(), metadata=st.metadata, _sources=[st])
+        state = st.state_dict()
+        restore_aliases(state, st.metadata)
+        return Checkpoint(path, fmt, state, metadata=st.metadata, _sources=[st])
     if fmt == SHARDED:
         weight_map, extra = _read_index(path)
         state: dict[str, torch.Tensor] = {}
@@ -349,9 +355,11 @@ def load_checkpoint(
                 raise CheckpointError(f"{shard_path}: a shard of {path.name} is not a safetensors file")
             st = SafetensorsFile(shard_path)
             sources.append(st)
-            for key in st.entries:
+            shard_state = st.state_dict()
+            restore_aliases(shard_state, st.metadata)
+            for key, value in shard_state.items():
                 if weight_map.get(key) == shard:
-                    state[key] = st.tensor(key)
+                    state[key] = value
         missing = [k for k in weight_map if k not in state]
         if missing:
             raise CheckpointError(f"{path}: key {missing[0]!r} is listed in the index but absent from its shard")
