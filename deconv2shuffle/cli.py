@@ -116,7 +116,9 @@ def migrate(
     rename: Annotated[
         list[str] | None, typer.Option("--rename", help="REGEX=REPLACEMENT for other keys (repeatable).")
     ] = None,
-    drop: Annotated[list[str] | None, typer.Option("--drop", help="Leave out keys matching REGEX (repeatable).")] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option("--drop", help="Leave out keys matching REGEX (repeatable).")
+    ] = None,
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output (atomically).")] = False,

@@ -118,7 +118,9 @@ class TargetConv:
         return len(self.kernel_size)
 
     def describe(self) -> str:
-        conv = f"Conv{self.rank}d({self.in_channels}, {self.out_channels}, kernel {'x'.join(map(str, self.kernel_size))}"
+        conv = (
+            f"Conv{self.rank}d({self.in_channels}, {self.out_channels}, kernel {'x'.join(map(str, self.kernel_size))}"
+        )
         conv += f", padding {self.padding[0] if len(set(self.padding)) == 1 else self.padding})"
         if self.factors:
             f = self.factors[0] if len(set(self.factors)) == 1 else self.factors

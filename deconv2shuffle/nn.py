@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,9 @@ def pixel_shuffle(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def subpixel_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan) -> torch.Tensor:
+def subpixel_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan
+) -> torch.Tensor:
     """Conv (plan's kernel and padding) + pixel shuffle + crop: the ConvTranspose of ``plan``."""
     target = plan.target
     spatial = x.shape[2:]
@@ -243,7 +246,14 @@ def convert_model(
     geometry other than the smallest exact one.
     """
     if not inplace:
-        model = copy.deepcopy(model)
+        # hook-based weight norm keeps a computed (non-leaf) ``weight`` that deepcopy refuses;
+        # copy a detached one instead (the hook recomputes it from weight_g/weight_v anyway)
+        memo: dict[int, Any] = {}
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor) and not isinstance(w, nn.Parameter) and w.grad_fn is not None:
+                memo[id(w)] = w.detach().clone()
+        model = copy.deepcopy(model, memo)
     targets = targets or {}
     names = [name for name, m in model.named_modules() if isinstance(m, _TRANSPOSED)]
     for name in names:

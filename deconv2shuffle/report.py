@@ -61,7 +61,9 @@ class MigrationReport:
     def to_markdown(self) -> str:
         lines = [f"# deconv2shuffle migration: {'ok' if self.ok else 'FAILED'}", ""]
         if self.source_file:
-            lines.append(f"- source: `{self.source_file}` ({self.source_format}, state_dict: {self.state_dict_key or 'whole file'})")
+            lines.append(
+                f"- source: `{self.source_file}` ({self.source_format}, state_dict: {self.state_dict_key or 'whole file'})"
+            )
         if self.output_file:
             lines.append(f"- output: `{self.output_file}` ({self.output_format})")
         lines.append(
@@ -76,7 +78,10 @@ class MigrationReport:
                 f"- end-to-end on input {e.get('input_shape')}: max abs error {e.get('max_abs_error'):.3g}, "
                 f"relative {e.get('max_rel_error'):.3g}"
             )
-        lines += ["", "| source | target | geometry | old shape | new shape | target conv | crop | exact | max abs error | MACs ratio |"]
+        lines += [
+            "",
+            "| source | target | geometry | old shape | new shape | target conv | crop | exact | max abs error | MACs ratio |",
+        ]
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for layer in self.layers:
             lines.append(
@@ -85,10 +90,17 @@ class MigrationReport:
                 f"{_axes(layer.crop)} | {'yes' if layer.exact else f'no (dropped {layer.dropped_mass:.3g})'} | "
                 f"{layer.max_abs_error:.3g} | {layer.macs_ratio:.2f} |"
             )
-        for title, items in (("Renamed", [f"`{a}` -> `{b}`" for a, b in self.renamed.items()]), ("Dropped", self.dropped),
-                             ("Missing", self.missing), ("Unexpected", self.unexpected), ("Notes", self.notes)):
+        for title, items in (
+            ("Renamed", [f"`{a}` -> `{b}`" for a, b in self.renamed.items()]),
+            ("Dropped", self.dropped),
+            ("Missing", self.missing),
+            ("Unexpected", self.unexpected),
+            ("Notes", self.notes),
+        ):
             if items:
-                lines += ["", f"## {title}", ""] + [f"- {i}" if title in ("Renamed", "Notes") else f"- `{i}`" for i in items]
+                lines += ["", f"## {title}", ""] + [
+                    f"- {i}" if title in ("Renamed", "Notes") else f"- `{i}`" for i in items
+                ]
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:

@@ -130,7 +130,8 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             if key not in LAYER_KEYS:
                 hint = difflib.get_close_matches(key, LAYER_KEYS, 1)
                 raise SpecError(
-                    f"{_where(path, line, f'{name}.{key}')}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    f"{_where(path, line, f'{name}.{key}')}: unknown key"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
                 )
         if "source" not in raw:
             raise SpecError(f"{_where(path, line, f'{name}.source')} is required (module path of the ConvTranspose)")
@@ -143,10 +144,19 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
                 raise SpecError(f"{_where(path, line, f'{name}.{key}')} must be a non-empty string")
         src = raw["source"]
         if src in seen:
-            raise SpecError(f"{_where(path, line, f'{name}.source')}: {src!r} is listed twice (also layers[{seen[src]}])")
+            raise SpecError(
+                f"{_where(path, line, f'{name}.source')}: {src!r} is listed twice (also layers[{seen[src]}])"
+            )
         seen[src] = i
         kwargs: dict[str, Any] = {"source": src, "target": raw.get("target"), "line": line}
-        minimums = {"stride": 1, "dilation": 1, "target_kernel_size": 1, "padding": 0, "output_padding": 0, "target_padding": 0}
+        minimums = {
+            "stride": 1,
+            "dilation": 1,
+            "target_kernel_size": 1,
+            "padding": 0,
+            "output_padding": 0,
+            "target_padding": 0,
+        }
         for key, minimum in minimums.items():
             if key in raw:
                 kwargs[key] = _check_int(raw[key], _where(path, line, f"{name}.{key}"), minimum)
@@ -160,7 +170,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         layers.append(LayerSpec(**kwargs))
     rename_raw = data.get("rename", {})
     if not isinstance(rename_raw, dict):
-        raise SpecError(f"{path}: [rename] must be a table of \"regex\" = \"replacement\"")
+        raise SpecError(f'{path}: [rename] must be a table of "regex" = "replacement"')
     rename: list[tuple[str, str]] = []
     for pattern, repl in rename_raw.items():
         if not isinstance(repl, str):
@@ -214,7 +224,12 @@ def dump_spec(spec: Spec, comments: Sequence[str] = ()) -> str:
     if spec.drop:
         out.append(f"drop = [{', '.join(_toml_value(d) for d in spec.drop)}]")
     for layer in spec.layers:
-        out += ["", "[[layers]]", f"source = {_toml_value(layer.source)}", f"target = {_toml_value(layer.target_module)}"]
+        out += [
+            "",
+            "[[layers]]",
+            f"source = {_toml_value(layer.source)}",
+            f"target = {_toml_value(layer.target_module)}",
+        ]
         out.append(f"stride = {_toml_value(_compact(layer.stride))}")
         for key, default in (("padding", 0), ("output_padding", 0), ("dilation", 1), ("groups", 1)):
             value = _compact(getattr(layer, key))

@@ -35,7 +35,9 @@ def test_formats_are_sniffed_from_bytes_not_extension(tmp_path):
 def test_containers_pick_the_state_dict_and_say_which(tmp_path):
     state = small_state()
     ema = {k: v + 1 for k, v in state.items()}
-    torch.save({"state_dict": state, "state_dict_ema": ema, "epoch": 3, "hyper_parameters": {"lr": 1e-3}}, tmp_path / "l.ckpt")
+    torch.save(
+        {"state_dict": state, "state_dict_ema": ema, "epoch": 3, "hyper_parameters": {"lr": 1e-3}}, tmp_path / "l.ckpt"
+    )
     ck = load_checkpoint(tmp_path / "l.ckpt")
     assert ck.state_key == "state_dict"
     assert set(ck.candidates) == {"state_dict", "state_dict_ema"}
@@ -305,16 +307,24 @@ def test_sharded_in_gives_sharded_out(tmp_path, cli):
     shard_b = {k: v for k, v in state.items() if k.startswith("tail")}
     save_file(shard_a, tmp_path / "model-00001-of-00002.safetensors")
     save_file(shard_b, tmp_path / "model-00002-of-00002.safetensors")
-    index = {"metadata": {"total_size": 0}, "weight_map": {
-        **{k: "model-00001-of-00002.safetensors" for k in shard_a},
-        **{k: "model-00002-of-00002.safetensors" for k in shard_b},
-    }}
+    index = {
+        "metadata": {"total_size": 0},
+        "weight_map": {
+            **dict.fromkeys(shard_a, "model-00001-of-00002.safetensors"),
+            **dict.fromkeys(shard_b, "model-00002-of-00002.safetensors"),
+        },
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert load_checkpoint(tmp_path / "model.safetensors.index.json").format == SHARDED
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    result = cli("migrate", tmp_path / "model.safetensors.index.json", out_dir / "model.safetensors.index.json",
-                 "--spec", _spec(tmp_path))
+    result = cli(
+        "migrate",
+        tmp_path / "model.safetensors.index.json",
+        out_dir / "model.safetensors.index.json",
+        "--spec",
+        _spec(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     new_index = json.loads((out_dir / "model.safetensors.index.json").read_text())
     assert new_index["weight_map"]["up.conv.weight"] == "model-00001-of-00002.safetensors"
