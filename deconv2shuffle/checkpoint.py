@@ -342,9 +342,9 @@ def load_checkpoint(
     fmt = sniff(path)
     if fmt == SAFETENSORS:
         st = SafetensorsFile(path)
-        state = st.state_dict()
-        restore_aliases(state, st.metadata)
-        return Checkpoint(path, fmt, state, metadata=st.metadata, _sources=[st])
+        single = st.state_dict()
+        restore_aliases(single, st.metadata)
+        return Checkpoint(path, fmt, single, metadata=st.metadata, _sources=[st])
     if fmt == SHARDED:
         weight_map, extra = _read_index(path)
         state: dict[str, torch.Tensor] = {}
@@ -368,10 +368,11 @@ def load_checkpoint(
             path, fmt, state, shard_of=dict(weight_map), index_extra=extra, metadata=dict(meta or {}), _sources=sources
         )
     container = _load_torch(path, fmt, trust_pickle)
-    key, looks = choose_state_dict(container, state_dict_key, path)
-    raw = _as_state_dict(container if key is None else container[key])
+    chosen, looks = choose_state_dict(container, state_dict_key, path)
+    raw = _as_state_dict(container if chosen is None else container[chosen])
+    where = f"[{chosen!r}]" if chosen else ""
     if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: entry {key!r} is a {type(raw).__name__}, not a dict of tensors")
+        raise CheckpointError(f"{path}: entry {chosen!r} is a {type(raw).__name__}, not a dict of tensors")
     state, passthrough = {}, {}
     for k, v in raw.items():
         if isinstance(v, torch.Tensor):
@@ -379,14 +380,15 @@ def load_checkpoint(
         elif str(k).endswith("_extra_state"):
             passthrough[str(k)] = v
         else:
-            where = f"[{key!r}]" if key else ""
             raise CheckpointError(
                 f"{path}: state_dict{where}[{k!r}] is a {type(v).__name__}, expected a tensor; "
                 "pick another entry with --state-dict-key"
             )
     if not state:
         raise CheckpointError(f"{path}: the state_dict is empty")
-    return Checkpoint(path, fmt, state, container=container, state_key=key, candidates=looks, passthrough=passthrough)
+    return Checkpoint(
+        path, fmt, state, container=container, state_key=chosen, candidates=looks, passthrough=passthrough
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,11 +456,11 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().cpu().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    return (t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def write_safetensors(f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:

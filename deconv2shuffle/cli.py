@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -193,3 +194,238 @@ def spec_cmd(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+@app.command()
+@handle_errors
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
+    spec: SpecOpt = None,
+    source_model: SourceModelOpt = None,
+    source_args: SourceArgsOpt = None,
+    state_dict_key: StateKeyOpt = None,
+    trust_pickle: TrustOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Shape report: container layout, every tensor by module, totals, ConvTranspose layers and their targets."""
+    from . import output
+    from .migrate import load_sources
+    from .shapes import inspect_checkpoint
+
+    output.set_width_for_pipes()
+    sources = load_sources(spec, source_model, None, source_args, None) if (spec or source_model) else None
+    data = inspect_checkpoint(checkpoint, sources, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+    if json_out:
+        output.print_json(data)
+    else:
+        output.render_inspect(data)
+
+
+def _ints(text: str | None, name: str) -> list[int]:
+    if text is None:
+        return []
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected an integer or one per axis like 2,1", param_hint=name) from None
+
+
+@app.command()
+@handle_errors
+def explain(
+    checkpoint: Annotated[Path | None, typer.Argument(help="Optional checkpoint holding --layer.")] = None,
+    kernel: Annotated[str | None, typer.Option("--kernel", "-k", help="Kernel size, e.g. 4 or 4,3.")] = None,
+    stride: Annotated[str | None, typer.Option("--stride", "-s", help="Stride.")] = None,
+    padding: Annotated[str, typer.Option("--padding", "-p", help="Padding.")] = "0",
+    output_padding: Annotated[str, typer.Option("--output-padding", help="Output padding.")] = "0",
+    dilation: Annotated[str, typer.Option("--dilation", help="Dilation.")] = "1",
+    target_kernel: Annotated[str | None, typer.Option("--target-kernel", help="Fit into this conv kernel.")] = None,
+    target_padding: Annotated[str | None, typer.Option("--target-padding", help="...with this padding.")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="Layer of CHECKPOINT to explain (needs --spec).")] = None,
+    spec: SpecOpt = None,
+    length: Annotated[int, typer.Option("--length", help="Example input length per axis.")] = 8,
+    json_out: JsonOpt = False,
+) -> None:
+    """Draw where each source tap lands in the target kernel, per phase, and why the result is exact."""
+    from . import output
+    from .explain import explain_geometry, explain_plan
+
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+        from .geometry import fit
+        from .migrate import find_prefix, plan_layer
+        from .rewrite import fold_weight_norm_state
+        from .spec import load_spec
+
+        if spec is None or layer is None:
+            raise typer.BadParameter("explaining a checkpoint layer needs --spec and --layer", param_hint="--layer")
+        layers = {x.source: x for x in load_spec(spec).layers}
+        if layer not in layers:
+            raise typer.BadParameter(f"{layer!r} is not in {spec} (layers: {', '.join(layers)})", param_hint="--layer")
+        state = load_checkpoint(checkpoint).state_dict
+        prefix = find_prefix(list(state), layer, str(checkpoint))
+        folded, _ = fold_weight_norm_state(state, prefix + layer)
+        plan = plan_layer(layers[layer], folded[f"{prefix}{layer}.weight"])
+        if target_kernel:
+            plan = fit(
+                plan.source,
+                (
+                    tuple(_ints(target_kernel, "--target-kernel")),
+                    tuple(_ints(target_padding or "0", "--target-padding")),
+                ),
+            )
+        data = explain_plan(plan, length)
+    else:
+        if kernel is None or stride is None:
+            raise typer.BadParameter("give --kernel and --stride (and --padding...), or CHECKPOINT --layer --spec")
+        data = explain_geometry(
+            _ints(kernel, "--kernel"),
+            _ints(stride, "--stride"),
+            _ints(padding, "--padding"),
+            _ints(output_padding, "--output-padding"),
+            _ints(dilation, "--dilation"),
+            _ints(target_kernel, "--target-kernel") or None,
+            _ints(target_padding, "--target-padding") or None,
+            length,
+        )
+    if json_out:
+        output.print_json(data)
+    else:
+        output.set_width_for_pipes()
+        output.render_explain(data)
+
+
+@app.command()
+@handle_errors
+def batch(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of checkpoints.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the converted checkpoints (mirrors IN_DIR).")],
+    spec: SpecOpt = None,
+    source_model: SourceModelOpt = None,
+    source_args: SourceArgsOpt = None,
+    target_model: TargetModelOpt = None,
+    target_args: TargetArgsOpt = None,
+    glob: Annotated[
+        list[str] | None, typer.Option("--glob", help="File pattern (repeatable); default: all checkpoint types.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Redo outputs that are already up to date.")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", help="I/N: take a deterministic 1/N of the files.")] = None,
+    approx: Annotated[bool, typer.Option("--approx", help="Allow inexact targets (truncate, report).")] = False,
+    to: Annotated[str, typer.Option("--to", help="Output format: same, safetensors or pth.")] = "same",
+    state_dict_key: StateKeyOpt = None,
+    trust_pickle: TrustOpt = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write per-file results as JSON.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert every checkpoint in a folder; a spec per run, or a sidecar NAME.toml beside each file."""
+    from . import output
+    from .batch import CHECKPOINT_PATTERNS, run_batch
+
+    output.set_width_for_pipes()
+    progress = output.batch_progress()
+    task: list[Any] = []
+
+    def on_start(total: int) -> None:
+        task.append(progress.add_task("converting", total=total))
+
+    def on_file(result: Any) -> None:
+        mark = {"converted": "ok", "skipped": "up to date", "failed": "FAILED"}[result.status]
+        progress.console.print(
+            f"{mark:>10}  {result.input}" + (f": {result.error}" if result.error else ""), highlight=False, markup=False
+        )
+        progress.advance(task[0])
+
+    with progress:
+        result = run_batch(
+            in_dir,
+            out_dir,
+            spec=spec,
+            source_model=source_model,
+            target_model=target_model,
+            source_args=source_args,
+            target_args=target_args,
+            patterns=glob or CHECKPOINT_PATTERNS,
+            recursive=recursive,
+            jobs=jobs,
+            force=force,
+            shard=shard,
+            approx=approx,
+            to=to,
+            trust_pickle=trust_pickle,
+            state_dict_key=state_dict_key,
+            on_start=on_start,
+            on_file=on_file,
+        )
+    if report is not None:
+        from .checkpoint import atomic_file
+
+        with atomic_file(report) as f:
+            f.write(json.dumps(result.to_dict(), indent=2).encode())
+    if json_out:
+        output.print_json(result.to_dict())
+    else:
+        output.render_batch(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def bench(
+    checkpoint: Annotated[Path | None, typer.Argument(help="Checkpoint whose layers to time (with --spec).")] = None,
+    spec: SpecOpt = None,
+    source_model: SourceModelOpt = None,
+    source_args: SourceArgsOpt = None,
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="Model input (with --source-model), e.g. 1,3,64,64.")
+    ] = None,
+    kernel: Annotated[str | None, typer.Option("--kernel", "-k", help="Time one layer of this geometry.")] = None,
+    stride: Annotated[str | None, typer.Option("--stride", "-s")] = None,
+    padding: Annotated[str, typer.Option("--padding", "-p")] = "0",
+    output_padding: Annotated[str, typer.Option("--output-padding")] = "0",
+    channels: Annotated[str, typer.Option("--channels", help="IN,OUT channels for --kernel.")] = "64,64",
+    size: Annotated[int, typer.Option("--size", help="Spatial size per axis of each layer's input.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch", help="Batch size.")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    min_time: Annotated[float, typer.Option("--min-time", help="Seconds of timing per variant.")] = 0.2,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time each layer old vs new on this device (CPU, or CUDA when present) and say which is faster here."""
+    from . import output
+    from .bench import bench_module, layer_from_geometry, layers_from_checkpoint, layers_from_model, pick_device
+    from .geometry import TransposedConv
+    from .migrate import load_sources, parse_shape
+
+    dev = pick_device(device)
+    if kernel is not None:
+        if stride is None:
+            raise typer.BadParameter("--kernel needs --stride", param_hint="--stride")
+        k = _ints(kernel, "--kernel")
+        geo = TransposedConv.make(
+            k if len(k) > 1 else k[0],
+            _ints(stride, "--stride"),
+            _ints(padding, "--padding"),
+            _ints(output_padding, "--output-padding"),
+            rank=len(k) if len(k) > 1 else 2,
+        )
+        c = _ints(channels, "--channels")
+        layers = layer_from_geometry(geo, (c[0], c[-1]), size, batch_size)
+    elif source_model is not None and input_shape is not None:
+        sources = load_sources(None, source_model, None, source_args, None)
+        assert sources.source_model is not None
+        shape = parse_shape(input_shape)
+        assert shape is not None
+        layers = layers_from_model(sources.source_model, shape)
+    elif checkpoint is not None:
+        sources = load_sources(spec, source_model, None, source_args, None)
+        layers = layers_from_checkpoint(checkpoint, sources, size, batch_size)
+    else:
+        raise typer.BadParameter("give CHECKPOINT with --spec, --source-model with --input-shape, or --kernel/--stride")
+    rows = [bench_module(name, module, shape, dev, min_time) for name, module, shape in layers]
+    if json_out:
+        output.print_json([r.to_dict() for r in rows])
+    else:
+        output.set_width_for_pipes()
+        output.render_bench(rows)

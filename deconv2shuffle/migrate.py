@@ -497,8 +497,15 @@ def load_sources(
     source_args: str | dict[str, Any] | None = None,
     target_args: str | dict[str, Any] | None = None,
 ) -> Sources:
+    loaded = load_spec(spec) if spec else None
+    if loaded is not None and loaded.models:
+        # models named in the spec ([models]) apply unless given on the command line
+        if source_model is None and loaded.model_ref("source"):
+            source_model, source_args = loaded.model_ref("source"), loaded.models.get("source_args")
+        if target_model is None and loaded.model_ref("target"):
+            target_model, target_args = loaded.model_ref("target"), loaded.models.get("target_args")
     return Sources(
-        spec=load_spec(spec) if spec else None,
+        spec=loaded,
         source_model=load_model(source_model, source_args, what="source-model") if source_model else None,
         target_model=load_model(target_model, target_args, what="target-model") if target_model else None,
     )
@@ -621,6 +628,8 @@ def migrate(
             f"kept {len(ckpt.passthrough)} non-tensor state_dict entries: {', '.join(ckpt.passthrough)}"
         )
     shape = parse_shape(input_shape)
+    if shape is None and spec is not None and spec.models.get("input_shape"):
+        shape = parse_shape(spec.models["input_shape"])
     if report.missing or (drop_unexpected and target is not None and any(k in report.dropped for k in ckpt.state_dict)):
         report.notes.append("end-to-end check skipped: the target model does not have the same layers as the source")
         sources = Sources(sources.spec, None, None)

@@ -216,6 +216,7 @@ def guess_input(model: nn.Module) -> tuple[int, ...] | None:
     first = next((m for m in model.modules() if isinstance(m, (*_CONVS, *_TRANSPOSED, nn.Linear))), None)
     if first is None:
         return None
+    candidates: list[tuple[int, ...]]
     if isinstance(first, nn.Linear):
         candidates = [(2, first.in_features)]
     else:

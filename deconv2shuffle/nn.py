@@ -113,8 +113,8 @@ class _SubPixelConvTranspose(nn.Module):
         self.conv = _CONV[self.rank](
             in_channels,
             out_channels * plan.phases,
-            plan.target.kernel_size,
-            padding=conv_padding,
+            plan.target.kernel_size,  # type: ignore[arg-type]
+            padding=conv_padding,  # type: ignore[arg-type]
             groups=groups,
             bias=bias,
             device=device,
@@ -228,7 +228,7 @@ def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
         from .rewrite import fold_weight_norm
 
-        weight = fold_weight_norm(module.weight_g, module.weight_v)
+        weight = fold_weight_norm(module.weight_g, module.weight_v)  # type: ignore[arg-type]
     bias = module.bias
     return weight, bias  # type: ignore[return-value]
 

@@ -104,7 +104,7 @@ def remap_container(
         states = value if isinstance(value, list) else [value]
         if not states or not all(_is_optim_state(s) for s in states):
             continue
-        new = [remap_one(s, old_state, new_state, mapping, buffers) for s in states]
+        new = [remap_one(s, old_state, new_state, mapping, buffers) for s in states if s is not None]
         if all(n is not None for n in new):
             updates[key] = new if isinstance(value, list) else new[0]
             notes.append(

@@ -45,7 +45,8 @@ LAYER_KEYS = {
     "target_kernel_size": "int",
     "target_padding": "int",
 }
-TOP_KEYS = {"version", "layers", "rename", "drop"}
+TOP_KEYS = {"version", "layers", "rename", "drop", "models"}
+MODEL_KEYS = {"source", "target", "source_args", "target_args", "input_shape"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,17 @@ class Spec:
     rename: list[tuple[str, str]] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     path: Path | None = None
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def model_ref(self, which: str) -> str | None:
+        """``[models] source/target``, with a relative file path taken from the spec's folder."""
+        ref = self.models.get(which)
+        if not ref:
+            return None
+        where, _, name = str(ref).rpartition(":")
+        if where.endswith(".py") and self.path is not None and not Path(where).is_absolute():
+            return f"{self.path.parent / where}:{name}"
+        return str(ref)
 
     def to_toml(self) -> str:
         return dump_spec(self)
@@ -182,7 +194,22 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         raise SpecError(f"{path}: drop must be a list of regex strings")
     for pattern in drop:
         _compile(pattern, f"{path}: drop pattern {pattern!r}")
-    return Spec(layers=layers, rename=rename, drop=list(drop), path=Path(path) if path != "<spec>" else None)
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise SpecError(f"{path}: [models] must be a table with source / target model references")
+    for key, value in models.items():
+        if key not in MODEL_KEYS:
+            hint = difflib.get_close_matches(key, MODEL_KEYS, 1)
+            raise SpecError(f"{path}: models.{key}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if key in ("source", "target") and (not isinstance(value, str) or ":" not in value):
+            raise SpecError(f"{path}: models.{key} must be 'package.module:Name' or 'file.py:Name', got {value!r}")
+        if key.endswith("_args") and not isinstance(value, dict):
+            raise SpecError(f"{path}: models.{key} must be a table of constructor arguments")
+        if key == "input_shape" and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            raise SpecError(f"{path}: models.input_shape must be a list of integers")
+    return Spec(
+        layers=layers, rename=rename, drop=list(drop), path=Path(path) if path != "<spec>" else None, models=models
+    )
 
 
 def _compile(pattern: str, where: str) -> re.Pattern[str]:

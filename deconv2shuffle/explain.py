@@ -1,0 +1,91 @@
+"""explain: where every source tap lands in the target kernel, per phase, and why that is exact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .geometry import SubPixelPlan, TransposedConv, explain_mismatch, fit, smallest
+
+
+def explain_plan(plan: SubPixelPlan, length: int = 8) -> dict[str, Any]:
+    """Plain data for the terminal drawing and for ``--json``."""
+    tight = smallest(plan.source, "tight")
+    best = smallest(plan.source)
+    axes = []
+    for i, (ax, K, pb, pa) in enumerate(
+        zip(plan.axes, plan.target.kernel_size, plan.target.pad_before, plan.target.pad_after, strict=True)
+    ):
+        phases = []
+        lo = min(0, min(t.offset + pb for t in ax.taps))
+        hi = max(K - 1, max(t.offset + pb for t in ax.taps))
+        for s in range(ax.stride):
+            cells: list[int | None] = [None] * (hi - lo + 1)
+            taps = []
+            for tap in ax.taps:
+                if tap.phase == s:
+                    j = tap.offset + pb
+                    cells[j - lo] = tap.source
+                    taps.append({"source_tap": tap.source, "offset": tap.offset, "target_tap": j, "inside": 0 <= j < K})
+            phases.append({"phase": s, "taps": taps, "row": cells})
+        h = length
+        out_len = ax.source_length(h)
+        conv_cells = h + pb + pa - K + 1
+        axes.append(
+            {
+                "axis": i,
+                "kernel": ax.kernel,
+                "stride": ax.stride,
+                "padding": ax.padding,
+                "output_padding": ax.output_padding,
+                "dilation": ax.dilation,
+                "target_kernel": K,
+                "target_padding": [pb, pa],
+                "columns": list(range(lo, hi + 1)),
+                "phases": phases,
+                "example": {
+                    "input": h,
+                    "transposed_output": out_len,
+                    "conv_cells": conv_cells,
+                    "after_shuffle": conv_cells * ax.stride,
+                    "crop": conv_cells * ax.stride - out_len,
+                },
+            }
+        )
+    return {
+        "source": plan.source.describe(),
+        "target": plan.target.describe(),
+        "exact": plan.exact,
+        "reasons": [] if plan.exact else [explain_mismatch(plan)],
+        "smallest": best.target.describe(),
+        "tight": tight.target.describe(),
+        "tight_macs_ratio": tight.macs_ratio,
+        "macs_ratio": plan.macs_ratio,
+        "crop": list(plan.crop),
+        "phases": plan.phases,
+        "axes": axes,
+    }
+
+
+def explain_geometry(
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    output_padding: list[int],
+    dilation: list[int],
+    target_kernel: list[int] | None = None,
+    target_padding: list[int] | None = None,
+    length: int = 8,
+) -> dict[str, Any]:
+    rank = max(len(kernel), len(stride), len(padding), len(output_padding), len(dilation))
+
+    def axes(v: list[int]) -> tuple[int, ...]:
+        return tuple(v) if len(v) == rank else tuple(v[:1] * rank)
+
+    source = TransposedConv.make(
+        axes(kernel), axes(stride), axes(padding), axes(output_padding), axes(dilation), rank=rank
+    )
+    if target_kernel:
+        plan = fit(source, (axes(target_kernel), axes(target_padding or [0])))
+    else:
+        plan = smallest(source)
+    return explain_plan(plan, length)

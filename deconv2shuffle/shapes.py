@@ -1,0 +1,170 @@
+"""inspect: a shape report of a checkpoint, with its ConvTranspose layers and their sub-pixel targets."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .errors import Deconv2ShuffleError
+from .geometry import TransposedConv, smallest
+from .migrate import Sources, find_prefix, plan_layer
+from .rewrite import WEIGHT_NORM_LAYOUTS, fold_weight_norm
+from .spec import LayerSpec
+
+_UPSAMPLE_NAME = re.compile(r"(^|[._])(up|ups|upsample|upconv|deconv|convt|conv_?transpose|transpose|tconv)\w*", re.I)
+
+
+def _module_of(key: str) -> tuple[str, str]:
+    for _, v in WEIGHT_NORM_LAYOUTS:
+        for g in (v, v.replace("original1", "original0").replace("weight_v", "weight_g")):
+            if key.endswith("." + g):
+                return key[: -len(g) - 1], g
+    module, _, leaf = key.rpartition(".")
+    return module, leaf
+
+
+def _summary(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, dict):
+        return f"dict with {len(value)} entries"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _layer_weight(state: dict[str, torch.Tensor], base: str) -> tuple[torch.Tensor | None, bool]:
+    for g, v in WEIGHT_NORM_LAYOUTS:
+        if base + g in state and base + v in state:
+            return fold_weight_norm(state[base + g], state[base + v]), True
+    return state.get(base + "weight"), False
+
+
+def _layer_entry(layer: LayerSpec, state: dict[str, torch.Tensor], prefix: str, origin: str) -> dict[str, Any]:
+    weight, wn = _layer_weight(state, f"{prefix}{layer.source}.")
+    if weight is None:
+        return {"module": layer.source, "origin": origin, "error": f"no key {prefix}{layer.source}.weight"}
+    try:
+        plan = plan_layer(layer, weight)
+    except Deconv2ShuffleError as e:
+        return {"module": layer.source, "origin": origin, "error": str(e)}
+    groups = plan.source.groups
+    return {
+        "module": layer.source,
+        "origin": origin,
+        "geometry": plan.source.describe(),
+        "weight_shape": list(weight.shape),
+        "weight_norm": wn,
+        "exact": plan.exact,
+        "target": layer.target_module,
+        "target_kernel_size": list(plan.target.kernel_size),
+        "target_padding": list(plan.target.pad_before),
+        "target_weight_shape": [
+            weight.shape[1] * groups * plan.phases,
+            weight.shape[0] // groups,
+            *plan.target.kernel_size,
+        ],
+        "crop": list(plan.crop),
+        "macs_ratio": plan.macs_ratio,
+    }
+
+
+def guess_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Modules that look like ConvTranspose layers, with the reason; the geometry is an assumption."""
+    out = []
+    seen = set()
+    for key in state:
+        module, leaf = _module_of(key)
+        if module in seen or leaf not in ("weight", "weight_v", "parametrizations.weight.original1"):
+            continue
+        seen.add(module)
+        weight, wn = _layer_weight(state, module + ".")
+        if weight is None or weight.dim() not in (3, 4, 5):
+            continue
+        bias = state.get(module + ".bias")
+        reasons = []
+        if bias is not None and bias.dim() == 1 and bias.numel() == weight.shape[1] != weight.shape[0]:
+            reasons.append(f"bias has {bias.numel()} = weight.shape[1] entries (a Conv's would have weight.shape[0])")
+        if _UPSAMPLE_NAME.search(module):
+            reasons.append("its name suggests upsampling")
+        if not reasons:
+            continue
+        k = tuple(weight.shape[2:])
+        entry: dict[str, Any] = {
+            "module": module,
+            "origin": "guess",
+            "reason": "; ".join(reasons),
+            "weight_shape": list(weight.shape),
+            "weight_norm": wn,
+        }
+        if all(n % 2 == 0 for n in k):
+            stride = tuple(max(n // 2, 1) for n in k)
+            padding = tuple((n - s) // 2 for n, s in zip(k, stride, strict=True))
+            plan = smallest(TransposedConv.make(k, stride, padding, rank=len(k)))
+            entry.update(
+                assumed=f"stride {stride[0]}, padding {padding[0]} (the common k=2s choice; confirm with a spec)",
+                geometry=plan.source.describe(),
+                target_kernel_size=list(plan.target.kernel_size),
+                target_padding=list(plan.target.pad_before),
+                crop=list(plan.crop),
+                macs_ratio=plan.macs_ratio,
+            )
+        out.append(entry)
+    return out
+
+
+def inspect_checkpoint(
+    path: str | Path, sources: Sources | None = None, *, state_dict_key: str | None = None, trust_pickle: bool = False
+) -> dict[str, Any]:
+    """Everything ``deconv2shuffle inspect`` shows, as plain data."""
+    ckpt = load_checkpoint(path, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+    state = ckpt.state_dict
+    modules: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+    by_dtype: dict[str, dict[str, int]] = {}
+    for key, t in state.items():
+        module, leaf = _module_of(key)
+        nbytes = t.numel() * t.element_size()
+        dtype = str(t.dtype).replace("torch.", "")
+        modules.setdefault(module, []).append(
+            {"key": key, "name": leaf, "shape": list(t.shape), "dtype": dtype, "numel": t.numel(), "bytes": nbytes}
+        )
+        d = by_dtype.setdefault(dtype, {"tensors": 0, "numel": 0, "bytes": 0})
+        d["tensors"] += 1
+        d["numel"] += t.numel()
+        d["bytes"] += nbytes
+    layers: list[dict[str, Any]] = []
+    origin = None
+    if sources is not None and (sources.spec is not None or sources.source_model is not None):
+        origin = "spec" if sources.spec is not None and sources.spec.layers else "model"
+        specs = sources.layers()
+        prefix = find_prefix(list(state), specs[0].source, str(path)) if specs else ""
+        layers = [_layer_entry(layer, state, prefix, origin) for layer in specs]
+    else:
+        layers = guess_layers(state)
+    top = {}
+    if isinstance(ckpt.container, dict) and ckpt.state_key is not None:
+        top = {str(k): _summary(v) for k, v in ckpt.container.items()}
+    return {
+        "file": str(path),
+        "format": ckpt.format,
+        "file_bytes": sum(p.stat().st_size for p in ckpt.files),
+        "top_level": top,
+        "state_dict_key": ckpt.state_key,
+        "state_dict_candidates": ckpt.candidates,
+        "metadata": ckpt.metadata,
+        "modules": [{"module": m, "tensors": rows} for m, rows in modules.items()],
+        "totals": {
+            "tensors": len(state),
+            "numel": sum(d["numel"] for d in by_dtype.values()),
+            "bytes": sum(d["bytes"] for d in by_dtype.values()),
+            "by_dtype": by_dtype,
+        },
+        "conv_transpose": layers,
+        "conv_transpose_source": origin or "guess",
+    }
