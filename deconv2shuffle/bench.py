@@ -97,11 +97,16 @@ def layers_from_model(model: nn.Module, input_shape: Sequence[int]) -> list[tupl
     """Each ConvTranspose with the input shape it sees when the model runs on ``input_shape``."""
     shapes: dict[str, list[int]] = {}
     hooks = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes.setdefault(name, list(args[0].shape))  # returns None: the input is left as it is
+
+        return hook
+
     for name, m in model.named_modules():
         if isinstance(m, _TRANSPOSED):
-            hooks.append(
-                m.register_forward_pre_hook(lambda mod, args, name=name: shapes.setdefault(name, list(args[0].shape)))
-            )
+            hooks.append(m.register_forward_pre_hook(record(name)))
     try:
         with torch.no_grad():
             model(torch.randn(*input_shape, dtype=next(model.parameters()).dtype))
