@@ -21,6 +21,7 @@ import pickle
 import re
 import struct
 import tempfile
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -246,12 +247,44 @@ class Checkpoint:
         """sha256 of the file (of the index and every shard, in order, when sharded)."""
         if self._sha256 is None:
             h = hashlib.sha256()
+            mapped = {src.path: src for src in self._sources}
             for p in self.files:
-                with p.open("rb") as f:
-                    while chunk := f.read(1 << 24):
-                        h.update(chunk)
+                if p in mapped:  # the file is mapped already: hash the pages in place, no copy, no second mapping
+                    with memoryview(mapped[p]._mm) as view:
+                        for start in range(0, len(view), 1 << 26):
+                            h.update(view[start : start + (1 << 26)])
+                    continue
+                buf = bytearray(1 << 24)
+                with p.open("rb") as f, memoryview(buf) as view:
+                    while n := f.readinto(buf):
+                        h.update(view[:n])
             self._sha256 = h.hexdigest()
         return self._sha256
+
+    def sha256_later(self) -> Callable[[], str]:
+        """Start hashing in a thread (hashlib releases the GIL) and return a function that waits for it."""
+        if self._sha256 is not None:
+            digest = self._sha256
+            return lambda: digest
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.sha256()
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+        thread = threading.Thread(target=work, name="deconv2shuffle-sha256", daemon=True)
+        thread.start()
+
+        def result() -> str:
+            thread.join()
+            if errors:
+                raise errors[0]
+            assert self._sha256 is not None
+            return self._sha256
+
+        return result
 
     def describe(self) -> str:
         where = f"[{self.state_key!r}]" if self.state_key else "the whole file"
@@ -421,6 +454,32 @@ def check_output(out: Path, inputs: list[Path], force: bool) -> None:
         raise CheckpointError(f"{out}: folder {parent} is not writable")
 
 
+class _WriteBehind:
+    """A file wrapper that asks the kernel to start writing each 64 MiB to disk as soon as it is
+    written (``POSIX_FADV_DONTNEED`` starts asynchronous writeback), so the final fsync has
+    little left to wait for."""
+
+    STEP = 64 << 20
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._fd = f.fileno()
+        self._pos = 0
+        self._flushed = 0
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self._pos += n
+        if self._pos - self._flushed >= self.STEP and hasattr(os, "posix_fadvise"):
+            self._f.flush()
+            os.posix_fadvise(self._fd, self._flushed, self._pos - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self._pos
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, check: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
     """Yield a temp file beside ``path``; on success fsync it, run ``check`` on it (a read-back),
@@ -432,7 +491,7 @@ def atomic_file(path: Path, check: Callable[[Path], None] | None = None) -> Iter
         raise CheckpointError(f"{path}: cannot create a file in {parent} ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield _WriteBehind(f)  # type: ignore[misc]
             f.flush()
             os.fsync(f.fileno())
         if check is not None:
@@ -463,10 +522,19 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int,
     return (t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
-def write_safetensors(f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
+LateValue = Callable[[], str]
+
+
+def write_safetensors(
+    f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str | LateValue]
+) -> dict[str, str]:
     """Write ``tensors`` in safetensors layout. Tensors that are views of the same memory are written
     once; the others are listed in metadata ``deconv2shuffle.aliases`` (name -> stored name) and
-    returned, since safetensors cannot express aliasing."""
+    returned, since safetensors cannot express aliasing.
+
+    A metadata value may be a callable returning a 64-character string (a sha256 hex digest still
+    being computed in another thread): a placeholder of that length is written first and replaced
+    in place once the data is written."""
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
     aliases: dict[str, str] = {}
     stored: list[tuple[str, torch.Tensor]] = []
@@ -478,7 +546,8 @@ def write_safetensors(f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadat
         seen[key] = name
         stored.append((name, t))
     header: dict[str, Any] = {}
-    meta = dict(metadata)
+    late = {k: v for k, v in metadata.items() if callable(v)}
+    meta: dict[str, str] = {k: ("0" * 64 if callable(v) else v) for k, v in metadata.items()}
     if aliases:
         meta["deconv2shuffle.aliases"] = json.dumps(aliases, sort_keys=True)
     if meta:
@@ -496,6 +565,19 @@ def write_safetensors(f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadat
     f.write(raw)
     for _, t in stored:
         f.write(_tensor_bytes(t))
+    if late:
+        for late_key, compute in late.items():
+            meta[late_key] = compute()  # type: ignore[operator]
+            if len(meta[late_key]) != 64:
+                raise ValueError(f"late metadata {late_key!r} must be 64 characters")
+        patched = json.dumps(header, separators=(",", ":")).encode()
+        patched += b" " * (-len(patched) % 8)
+        if len(patched) != len(raw):
+            raise ValueError("late metadata changed the header length")
+        f.flush()
+        f.seek(8)
+        f.write(patched)
+        f.seek(0, os.SEEK_END)
     return aliases
 
 
@@ -514,7 +596,7 @@ def save_checkpoint(
     *,
     like: Checkpoint | None = None,
     container_updates: Mapping[str, Any] | None = None,
-    metadata: Mapping[str, str] | None = None,
+    metadata: Mapping[str, str | LateValue] | None = None,
     force: bool = False,
     check_values: ValueCheck = lambda key: False,
 ) -> list[Path]:
@@ -541,8 +623,9 @@ def save_checkpoint(
         with atomic_file(out, _check_torch(out, state_key, state_dict, check_values)) as f:
             torch.save(obj, f)
         return [out]
-    meta = {"format": "pt", **(like.metadata if like and like.format == SAFETENSORS else {}), **(metadata or {})}
-    meta = {str(k): str(v) for k, v in meta.items()}
+    meta: dict[str, str | LateValue] = {"format": "pt"}
+    meta.update(like.metadata if like and like.format == SAFETENSORS else {})
+    meta.update({str(k): (v if callable(v) else str(v)) for k, v in (metadata or {}).items()})
     if fmt == SAFETENSORS:
         with atomic_file(out, _check_safetensors(out, state_dict, check_values)) as f:
             write_safetensors(f, state_dict, meta)
@@ -554,7 +637,7 @@ def _save_sharded(
     out: Path,
     state_dict: Mapping[str, torch.Tensor],
     like: Checkpoint | None,
-    meta: dict[str, str],
+    meta: dict[str, str | LateValue],
     force: bool,
     check_values: ValueCheck,
 ) -> list[Path]:

@@ -1,0 +1,143 @@
+"""The bundled samples: the README's main command, the sample batch, float32 and ONNX Runtime checks."""
+
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deconv2shuffle.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_checkpoints"
+NAMES = ["cyclegan", "dcgan", "forum", "fsrcnn_x2", "fsrcnn_x3", "hifigan", "unet", "unet3d"]
+
+
+def _models():
+    spec = importlib.util.spec_from_file_location("sample_models", SAMPLES / "models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _checkpoint(name: str) -> Path:
+    (path,) = [p for p in SAMPLES.iterdir() if p.name.split(".")[0] == name and p.suffix != ".toml"]
+    return path
+
+
+def readme_main_command() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    line = next(ln for b in blocks for ln in b.splitlines() if "pip install" in ln and "deconv2shuffle migrate" in ln)
+    return shlex.split(line.split("&&", 1)[1])
+
+
+def test_readme_main_command_runs(tmp_path):
+    args = readme_main_command()
+    assert args[0] == "deconv2shuffle" and args[1] == "migrate"
+    shutil.copytree(SAMPLES, tmp_path / "sample_checkpoints")
+    out = subprocess.run(
+        [sys.executable, "-m", "deconv2shuffle", *args[1:]], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "converted" in out.stdout and "end-to-end" in out.stdout
+    written = [a for a in args[2:] if not a.startswith("-") and not a.startswith("sample_checkpoints")]
+    assert (tmp_path / written[0]).is_file()
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from deconv2shuffle.cli import app
+
+    out = tmp_path_factory.mktemp("converted")
+    result = CliRunner().invoke(app, ["batch", str(SAMPLES), str(out), "--recursive", "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_sample_batch_converts_every_sample_exactly(converted):
+    out, report = converted
+    assert report["failed"] == 0 and report["converted"] == len(NAMES)
+    for f in report["files"]:
+        assert f["exact"] is True and f["max_rel_error"] < 1e-12, f
+
+
+def _source_and_target(name: str):
+    models = _models()
+    spec = load_spec(SAMPLES / f"{name}.toml")
+    src_cls = getattr(models, spec.models["source"].split(":")[1])
+    dst_cls = getattr(models, spec.models["target"].split(":")[1])
+    return (
+        src_cls(**spec.models.get("source_args", {})),
+        dst_cls(**spec.models.get("target_args", {})),
+        tuple(spec.models["input_shape"]),
+    )
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    from deconv2shuffle.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path).state_dict
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_samples_reproduce_the_originals_in_float32(converted, name):
+    out, _ = converted
+    old, new, shape = _source_and_target(name)
+    old.load_state_dict(_state(_checkpoint(name)), strict=True)
+    new.load_state_dict(_state(out / _checkpoint(name).name), strict=True)
+    old.eval()
+    new.eval()
+    assert not any(
+        isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))
+        for m in new.modules()
+    )
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = old(x), new(x)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_samples_run_in_onnx_runtime(converted, name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out, _ = converted
+    old, new, shape = _source_and_target(name)
+    old.load_state_dict(_state(_checkpoint(name)), strict=True)
+    new.load_state_dict(_state(out / _checkpoint(name).name), strict=True)
+    old.eval()
+    new.eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(new, (x,), str(path), dynamo=True, external_data=False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "ConvTranspose" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = old(x)
+    assert float((torch.from_numpy(got) - want).abs().max() / want.abs().max()) <= 1e-5
+
+
+def test_generate_script_reproduces_the_samples(tmp_path):
+    """The committed samples are what generate.py writes. Bit for bit on the machine that wrote them; another CPU
+    may round the few training steps differently, so the comparison allows float32 rounding noise."""
+    out = subprocess.run([sys.executable, str(SAMPLES / "generate.py"), str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for name in NAMES:
+        fresh, kept = _state(tmp_path / _checkpoint(name).name), _state(_checkpoint(name))
+        assert fresh.keys() == kept.keys()
+        for key in kept:
+            torch.testing.assert_close(fresh[key], kept[key], rtol=1e-3, atol=1e-5, msg=f"{name}: {key}")
