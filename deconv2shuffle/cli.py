@@ -244,6 +244,9 @@ def explain(
     layer: Annotated[str | None, typer.Option("--layer", help="Layer of CHECKPOINT to explain (needs --spec).")] = None,
     spec: SpecOpt = None,
     length: Annotated[int, typer.Option("--length", help="Example input length per axis.")] = 8,
+    rank: Annotated[
+        int | None, typer.Option("--rank", help="Spatial axes (1, 2, 3); default 2 for single values.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Draw where each source tap lands in the target kernel, per phase, and why the result is exact."""
@@ -287,6 +290,7 @@ def explain(
             _ints(target_kernel, "--target-kernel") or None,
             _ints(target_padding, "--target-padding") or None,
             length,
+            rank,
         )
     if json_out:
         output.print_json(data)

@@ -75,8 +75,10 @@ def explain_geometry(
     target_kernel: list[int] | None = None,
     target_padding: list[int] | None = None,
     length: int = 8,
+    rank: int | None = None,
 ) -> dict[str, Any]:
-    rank = max(len(kernel), len(stride), len(padding), len(output_padding), len(dilation))
+    """Explain a geometry given as lists (one value = every axis; ``rank`` defaults to 2 then)."""
+    rank = rank or max(len(kernel), len(stride), len(padding), len(output_padding), len(dilation), 2)
 
     def axes(v: list[int]) -> tuple[int, ...]:
         return tuple(v) if len(v) == rank else tuple(v[:1] * rank)
