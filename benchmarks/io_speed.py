@@ -5,8 +5,8 @@
 Builds a checkpoint of about ``--size-gb`` (big 2D weights plus four ConvTranspose2d layers),
 then times, side by side in this run (median of ``--repeat``, order alternated, page cache warm):
 
-- torch:       ``torch.load(mmap=True, weights_only=True)`` + ``torch.save``  vs  ``migrate`` (.pth -> .pth)
-- safetensors: ``load_file`` + ``save_file``                                  vs  ``migrate`` (.safetensors -> .safetensors)
+- torch: ``torch.load(mmap=True, weights_only=True)`` + ``torch.save``  vs  ``migrate`` (.pth -> .pth)
+- safetensors: ``load_file`` + ``save_file``  vs  ``migrate`` (.safetensors -> .safetensors)
 
 Peak RSS of each is measured in a fresh child process (``ru_maxrss``) and printed against the
 input file size. Goals: migrate <= 1.15x the baseline time, peak RSS <= 1.2x the file size.

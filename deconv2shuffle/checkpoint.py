@@ -23,7 +23,6 @@ import struct
 import tempfile
 import threading
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,7 +308,7 @@ def _load_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
                 "Rerun with --trust-pickle only if you trust who made this file"
             ) from None
         raise CheckpointError(f"{path}: corrupt pickle data ({_first_line(text)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as e:
+    except Exception as e:  # whatever torch raises underneath on damaged bytes, the user gets one line
         raise CheckpointError(
             f"{path}: cannot read this {fmt} checkpoint, it is truncated or corrupt ({_first_line(str(e))})"
         ) from None

@@ -135,37 +135,53 @@ def migrate(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max relative float64 error per layer.")] = 1e-10,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert and verify, write nothing.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write the report as .json or .md.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key and what happened to it.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert OLD into NEW: match layers, rewrite weights exactly, verify each layer, write atomically."""
     from . import output
     from .migrate import load_sources
     from .migrate import migrate as run_migrate
+    from .report import MigrationReport
 
     if new is None and not dry_run:
         raise typer.BadParameter("give NEW, or --dry-run to only check", param_hint="NEW")
     output.set_width_for_pipes()
-    sources = load_sources(spec, source_model, target_model, source_args, target_args)
-    result = run_migrate(
-        old,
-        None if dry_run else new,
-        sources=sources,
-        approx=approx,
-        rename=_parse_rename(rename),
-        drop=drop or [],
-        state_dict_key=state_dict_key,
-        trust_pickle=trust_pickle,
-        force=force,
-        tolerance=tolerance,
-        input_shape=input_shape,
-        allow_missing=allow_missing,
-        drop_unexpected=drop_unexpected,
-        report_path=report,
-    )
+    try:
+        with output.status(f"migrating {old}", enabled=not json_out):
+            sources = load_sources(spec, source_model, target_model, source_args, target_args)
+            result = run_migrate(
+                old,
+                None if dry_run else new,
+                sources=sources,
+                approx=approx,
+                rename=_parse_rename(rename),
+                drop=drop or [],
+                state_dict_key=state_dict_key,
+                trust_pickle=trust_pickle,
+                force=force,
+                tolerance=tolerance,
+                input_shape=input_shape,
+                allow_missing=allow_missing,
+                drop_unexpected=drop_unexpected,
+                report_path=report,
+            )
+    except Deconv2ShuffleError as e:
+        # scripts get a report on failure too: ok=false, the error and the exit code
+        failed = MigrationReport(source_file=str(old), output_file=None if new is None else str(new))
+        failed.notes.append(str(e))
+        data = {**failed.to_dict(), "error": str(e), "exit_code": e.exit_code}
+        if json_out:
+            output.print_json(data)
+        if report is not None:
+            failed.write_failure(report, str(e), e.exit_code)
+        raise
     if json_out:
         output.print_json(result.to_dict())
     else:
         output.render_migration(result)
+        if verbose:
+            output.render_keys(result)
 
 
 @app.command("spec")

@@ -345,18 +345,24 @@ def explain_mismatch(plan: SubPixelPlan) -> str:
         return "exact"
     best = smallest(plan.source)
     tight = smallest(plan.source, "tight")
-    hint = f"exact needs a {_conv_words(best.target)}"
+    hint = f"exact needs a {_conv_words(best.target)}{_crop_words(best)}"
     if tight.target != best.target:
-        hint += f" (or a {_conv_words(tight.target)})"
+        hint += f" (or a {_conv_words(tight.target)}{_crop_words(tight)})"
     return f"{'; '.join(plan.reasons)}; {hint}"
+
+
+def _crop_words(plan: SubPixelPlan) -> str:
+    return f", cropping {_fmt(plan.crop)} cell(s) at the end" if any(plan.crop) else ""
 
 
 def _conv_words(target: TargetGeometry) -> str:
     k = "x".join(map(str, target.kernel_size))
     if target.symmetric:
         return f"{k} conv with padding {_fmt(target.pad_before)}"
-    pads = ", ".join(f"{b} before/{a} after" for b, a in zip(target.pad_before, target.pad_after, strict=True))
-    return f"{k} conv with padding {pads}"
+    per_axis = [f"{b} before and {a} after" for b, a in zip(target.pad_before, target.pad_after, strict=True)]
+    if len(set(per_axis)) == 1:
+        return f"{k} conv with padding {per_axis[0]}"
+    return f"{k} conv with padding " + "; ".join(f"axis {i}: {p}" for i, p in enumerate(per_axis))
 
 
 def subpixel_to_transposed(kernel_size: IntOrSeq, padding: IntOrSeq, stride: IntOrSeq, rank: int) -> TransposedConv:

@@ -243,7 +243,8 @@ def convert_state_dict(
         abs_err, rel_err = verify_layer(weight, bias, new.weight, new.bias, plan)
         if plan.exact and not rel_err <= tolerance:
             raise VerificationError(
-                f"layer {layer.source!r}: converted output differs by {rel_err:.3g} relative (tolerance {tolerance:g}); "
+                f"layer {layer.source!r}: converted output differs by {rel_err:.3g} relative "
+                f"(tolerance {tolerance:g}); "
                 "nothing was written"
             )
         new_base = f"{p}{target_module}."
@@ -672,6 +673,11 @@ def migrate(
                     f"safetensors holds tensors only: container entries {', '.join(map(str, others))} were not written "
                     "(write a .pth/.ckpt output to keep them)"
                 )
+        if report.output_format == "torch-zip" and ckpt.metadata:
+            report.notes.append(
+                f"safetensors metadata ({', '.join(sorted(ckpt.metadata))}) has no place in a torch file and was not "
+                "written (write a .safetensors output to keep it)"
+            )
         metadata: dict[str, Any] = {}
         if report.output_format != "torch-zip":
             metadata = {

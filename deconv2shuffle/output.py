@@ -96,7 +96,8 @@ def render_migration(report: Any) -> None:
             say(f"end-to-end check skipped: {e['skipped']}")
         else:
             say(
-                f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): max abs error {_err(e['max_abs_error'])}, "
+                f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): "
+                f"max abs error {_err(e['max_abs_error'])}, "
                 f"relative {_err(e['max_rel_error'])}"
             )
     for n in report.notes:
@@ -219,7 +220,8 @@ def render_explain(data: dict[str, Any]) -> None:
         out.print(table)
         e = ax["example"]
         say(
-            f"  input length {e['input']}: ConvTranspose gives {e['transposed_output']}; the conv gives {e['conv_cells']} "
+            f"  input length {e['input']}: ConvTranspose gives {e['transposed_output']}; "
+            f"the conv gives {e['conv_cells']} "
             f"cells, x{ax['stride']} after the shuffle = {e['after_shuffle']}, crop {e['crop']} at the end"
         )
     say("")
@@ -292,3 +294,34 @@ def render_batch(result: Any) -> None:
         f"{result.count('converted')} converted, {result.count('skipped')} up to date, {result.count('failed')} failed "
         f"in {result.seconds:.1f} s"
     )
+
+
+def status(message: str, enabled: bool = True) -> Any:
+    """A spinner on stderr while long work runs; nothing when stderr is not a terminal."""
+    import contextlib
+
+    if not enabled or not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status(Text(message), spinner="dots")
+
+
+def render_keys(report: Any) -> None:
+    """Every key of the old checkpoint (and every missing target key) with its action."""
+    table = Table(title="every key", title_justify="left")
+    for col in ("old key", "new key", "action"):
+        table.add_column(col)
+    for layer in report.layers:
+        new_weight, new_bias = layer.new_keys[0], (layer.new_keys[1:] or [""])[0]
+        for old in layer.old_keys:
+            new = new_bias if old.endswith(".bias") else new_weight
+            folded = layer.weight_norm_folded and not old.endswith(".bias")
+            _add_row(table, old, new, "weight norm folded + converted" if folded else "converted")
+    for key in report.copied:
+        _add_row(table, key, key, "copied")
+    for old, new in report.renamed.items():
+        _add_row(table, old, new, "renamed")
+    for key in report.dropped:
+        _add_row(table, key, "", "dropped")
+    for key in report.missing:
+        _add_row(table, "", key, "MISSING in target")
+    out.print(table)

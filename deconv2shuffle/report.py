@@ -62,7 +62,8 @@ class MigrationReport:
         lines = [f"# deconv2shuffle migration: {'ok' if self.ok else 'FAILED'}", ""]
         if self.source_file:
             lines.append(
-                f"- source: `{self.source_file}` ({self.source_format}, state_dict: {self.state_dict_key or 'whole file'})"
+                f"- source: `{self.source_file}` ({self.source_format}, "
+                f"state_dict: {self.state_dict_key or 'whole file'})"
             )
         if self.output_file:
             lines.append(f"- output: `{self.output_file}` ({self.output_format})")
@@ -80,7 +81,8 @@ class MigrationReport:
             )
         lines += [
             "",
-            "| source | target | geometry | old shape | new shape | target conv | crop | exact | max abs error | MACs ratio |",
+            "| source | target | geometry | old shape | new shape | target conv | crop | exact "
+            "| max abs error | MACs ratio |",
         ]
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for layer in self.layers:
@@ -102,6 +104,18 @@ class MigrationReport:
                     f"- {i}" if title in ("Renamed", "Notes") else f"- `{i}`" for i in items
                 ]
         return "\n".join(lines) + "\n"
+
+    def write_failure(self, path: str | Path, error: str, exit_code: int) -> None:
+        """The report of a run that stopped: ``ok`` false, with the error (never a half-written file)."""
+        from .checkpoint import atomic_file
+
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            text = json.dumps({**self.to_dict(), "error": error, "exit_code": exit_code}, indent=2)
+        else:
+            text = f"# deconv2shuffle migration: FAILED\n\n- source: `{self.source_file}`\n- error: {error}\n"
+        with atomic_file(path) as f:
+            f.write(text.encode())
 
     def write(self, path: str | Path) -> None:
         """Write as JSON (``.json``) or Markdown (anything else, typically ``.md``), atomically."""

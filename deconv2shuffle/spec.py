@@ -149,7 +149,8 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             raise SpecError(f"{_where(path, line, f'{name}.source')} is required (module path of the ConvTranspose)")
         if "stride" not in raw:
             raise SpecError(
-                f"{_where(path, line, f'{name}.stride')} is required: a checkpoint cannot tell the stride of layer {raw['source']!r}"
+                f"{_where(path, line, f'{name}.stride')} is required: "
+                f"a checkpoint cannot tell the stride of layer {raw['source']!r}"
             )
         for key in ("source", "target"):
             if key in raw and (not isinstance(raw[key], str) or not raw[key]):

@@ -350,3 +350,41 @@ def test_outputs_refuse_without_force_at_library_level(tmp_path):
     ck = load_checkpoint(path)
     with pytest.raises(OutputExistsError):
         save_checkpoint(path, ck.state_dict, like=ck)
+
+
+def _formats(tmp_path: Path) -> dict[str, bytes]:
+    state = small_state()
+    torch.save({"state_dict": state, "epoch": 1}, tmp_path / "z.pth")
+    torch.save(state, tmp_path / "l.pth", _use_new_zipfile_serialization=False)
+    save_file(state, tmp_path / "s.safetensors")
+    return {name: (tmp_path / name).read_bytes() for name in ("z.pth", "l.pth", "s.safetensors")}
+
+
+@pytest.mark.parametrize("name", ["z.pth", "l.pth", "s.safetensors"])
+def test_every_truncation_and_bit_flip_is_a_clean_error(tmp_path, name):
+    """Whatever torch or safetensors raise underneath, a damaged file is a CheckpointError or loads fine."""
+    import random
+
+    data = _formats(tmp_path)[name]
+    rng = random.Random(0)
+    cuts = {0, 1, 7, 8, 9, 15, 16, 100, len(data) // 2, len(data) - 1}
+    cuts = sorted(cuts | {rng.randrange(len(data)) for _ in range(40)})
+    damaged = [data[:n] for n in cuts]
+    for _ in range(40):
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        damaged.append(bytes(b))
+    path = tmp_path / f"damaged_{name}"
+    outcomes = {"error": 0, "loaded": 0}
+    for blob in damaged:
+        path.write_bytes(blob)
+        try:
+            ck = load_checkpoint(path)
+            for t in ck.state_dict.values():
+                t.sum()  # touching the data must not crash either
+            outcomes["loaded"] += 1
+        except CheckpointError as e:
+            assert str(e).startswith(str(path)), e
+            outcomes["error"] += 1
+    assert outcomes["error"] >= len(cuts) - 1  # every real truncation is refused

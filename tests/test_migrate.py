@@ -326,3 +326,42 @@ def test_ambiguous_pairing_asks_for_a_spec(tmp_path):
     del dst.z
     paired = pair_layers(source_layers(src), src, dst)
     assert [p.target for p in paired] == ["x.0", "y.0"]
+
+
+def test_json_and_report_on_failure(tmp_path, cli, spec_file):
+    torch.save(small_state(), tmp_path / "old.pth")
+    result = cli(
+        "migrate",
+        tmp_path / "old.pth",
+        tmp_path / "new.pth",
+        "--spec",
+        spec_file,
+        "--tolerance",
+        "-1",
+        "--json",
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and data["exit_code"] == 1 and "differs" in data["error"]
+    assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
+    assert not (tmp_path / "new.pth").exists()
+
+
+def test_verbose_lists_every_key(tmp_path, cli, spec_file):
+    torch.save(small_state(), tmp_path / "old.pth")
+    result = cli("migrate", tmp_path / "old.pth", tmp_path / "new.pth", "--spec", spec_file, "--verbose")
+    assert result.exit_code == 0, result.output
+    for key in small_state():
+        assert key in result.stdout
+    assert "up.conv.weight" in result.stdout and "copied" in result.stdout
+
+
+def test_safetensors_metadata_into_a_torch_file_is_reported(tmp_path, cli, spec_file):
+    from safetensors.torch import save_file
+
+    save_file(small_state(), tmp_path / "old.safetensors", metadata={"author": "lab"})
+    result = cli("migrate", tmp_path / "old.safetensors", tmp_path / "new.pth", "--spec", spec_file, "--json")
+    assert result.exit_code == 0, result.output
+    assert any("author" in n for n in json.loads(result.stdout)["notes"])
