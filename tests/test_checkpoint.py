@@ -192,7 +192,8 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     real_save = torch.save
 
     def full(obj, f, *a, **k):
-        f.write(b"partial bytes")
+        with open(f, "wb") as handle:
+            handle.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ck_mod.torch, "save", full)
@@ -388,3 +389,25 @@ def test_every_truncation_and_bit_flip_is_a_clean_error(tmp_path, name):
             assert str(e).startswith(str(path)), e
             outcomes["error"] += 1
     assert outcomes["error"] >= len(cuts) - 1  # every real truncation is refused
+
+
+def test_full_disk_while_writing_safetensors_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import deconv2shuffle.checkpoint as ck_mod
+
+    save_file(small_state(), tmp_path / "m.safetensors")
+    ck = load_checkpoint(tmp_path / "m.safetensors")
+    calls = {"n": 0}
+    real = ck_mod._tensor_bytes
+
+    def failing(t):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(t)
+
+    monkeypatch.setattr(ck_mod, "_tensor_bytes", failing)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(tmp_path / "out.safetensors", ck.state_dict, like=ck)
+    assert listing(tmp_path) == ["m.safetensors"]
