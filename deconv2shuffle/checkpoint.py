@@ -23,7 +23,7 @@ import struct
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -174,10 +174,11 @@ class SafetensorsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._file = path.open("rb")
+        size = os.fstat(self._file.fileno()).st_size
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self.entries, self.metadata = _parse_safetensors_header(path, self._mm, size)
+        self.regions: dict[int, StEntry] = {}  # data_ptr of each tensor handed out -> its bytes in the file
 
     def tensor(self, key: str) -> torch.Tensor:
         e = self.entries[key]
@@ -186,10 +187,32 @@ class SafetensorsFile:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the buffer is read-only; nothing here writes to it
             raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=e.end - e.start, offset=e.start)
+        self.regions[raw.data_ptr()] = e
         return raw.view(e.dtype).reshape(e.shape)
+
+    def copy_region(self, t: torch.Tensor, out: IO[bytes] | Sink) -> bool:
+        """Write ``t``'s bytes by reading them from the file (pread into a buffer), if ``t`` is one of
+        this file's tensors, untouched. Faster than faulting the mapping in page by page."""
+        e = self.regions.get(t.data_ptr())
+        if e is None or not t.is_contiguous() or t.numel() * t.element_size() != e.end - e.start:
+            return False
+        copy_range(self._file.fileno(), e.start, e.end - e.start, out)
+        return True
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: self.tensor(k) for k in self.entries}
+
+
+def copy_range(fd: int, start: int, length: int, out: IO[bytes] | Sink, chunk: int = 1 << 24) -> None:
+    buf = bytearray(min(chunk, max(length, 1)))
+    with memoryview(buf) as view:
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[: min(len(buf), length - done)]], start + done)
+            if n <= 0:
+                raise CheckpointError(f"source file shrank while copying (at byte {start + done})")
+            out.write(view[:n])
+            done += n
 
 
 def _read_index(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -246,14 +269,8 @@ class Checkpoint:
         """sha256 of the file (of the index and every shard, in order, when sharded)."""
         if self._sha256 is None:
             h = hashlib.sha256()
-            mapped = {src.path: src for src in self._sources}
             for p in self.files:
-                if p in mapped:  # the file is mapped already: hash the pages in place, no copy, no second mapping
-                    with memoryview(mapped[p]._mm) as view:
-                        for start in range(0, len(view), 1 << 26):
-                            h.update(view[start : start + (1 << 26)])
-                    continue
-                buf = bytearray(1 << 24)
+                buf = bytearray(1 << 24)  # read() into one buffer: faster than faulting in a mapping
                 with p.open("rb") as f, memoryview(buf) as view:
                     while n := f.readinto(buf):
                         h.update(view[:n])
@@ -540,7 +557,10 @@ LateValue = Callable[[], str]
 
 
 def write_safetensors(
-    f: IO[bytes] | Sink, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str | LateValue]
+    f: IO[bytes] | Sink,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str | LateValue],
+    sources: Sequence[SafetensorsFile] = (),
 ) -> dict[str, str]:
     """Write ``tensors`` in safetensors layout. Tensors that are views of the same memory are written
     once; the others are listed in metadata ``deconv2shuffle.aliases`` (name -> stored name) and
@@ -578,7 +598,8 @@ def write_safetensors(
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for _, t in stored:
-        f.write(_tensor_bytes(t))
+        if not any(src.copy_region(t, f) for src in sources):
+            f.write(_tensor_bytes(t))
     if late:
         for late_key, compute in late.items():
             meta[late_key] = compute()  # type: ignore[operator]
@@ -642,7 +663,7 @@ def save_checkpoint(
     meta.update({str(k): (v if callable(v) else str(v)) for k, v in (metadata or {}).items()})
     if fmt == SAFETENSORS:
         with atomic_file(out, _check_safetensors(out, state_dict, check_values)) as f:
-            write_safetensors(f, state_dict, meta)
+            write_safetensors(f, state_dict, meta, like._sources if like else ())
         return [out]
     return _save_sharded(out, state_dict, like, meta, force, check_values)
 
@@ -668,7 +689,7 @@ def _save_sharded(
         check_output(out.parent / shard, inputs, force)
     for shard, tensors in groups.items():
         with atomic_file(out.parent / shard, _check_safetensors(out.parent / shard, tensors, check_values)) as f:
-            write_safetensors(f, tensors, meta)
+            write_safetensors(f, tensors, meta, like._sources if like else ())
         written.append(out.parent / shard)
     index = dict(like.index_extra) if like else {}
     index_meta = dict(index.get("metadata") or {}) if isinstance(index.get("metadata"), dict) else {}
