@@ -136,6 +136,9 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert and verify, write nothing.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write the report as .json or .md.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key and what happened to it.")] = False,
+    no_hash: Annotated[
+        bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert OLD into NEW: match layers, rewrite weights exactly, verify each layer, write atomically."""
@@ -165,6 +168,7 @@ def migrate(
                 allow_missing=allow_missing,
                 drop_unexpected=drop_unexpected,
                 report_path=report,
+                hash_source=not no_hash,
             )
     except Deconv2ShuffleError as e:
         # scripts get a report on failure too: ok=false, the error and the exit code

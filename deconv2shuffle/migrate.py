@@ -599,14 +599,18 @@ def migrate(
     allow_missing: bool = False,
     drop_unexpected: bool = False,
     report_path: str | Path | None = None,
+    hash_source: bool = True,
 ) -> MigrationReport:
     """Convert checkpoint ``src`` into ``dst`` (``None``: check only, write nothing). See the module doc."""
     src = Path(src)
     ckpt = load_checkpoint(src, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+    source_hash = None
     if dst is not None:
         from .checkpoint import check_output
 
         check_output(Path(dst), ckpt.files, force)
+        if hash_source and output_format(Path(dst)) != "torch-zip":
+            source_hash = ckpt.sha256_later()  # hashed in a thread while the rest of the work runs
     spec = sources.spec
     target = Target.from_model(sources.target_model) if sources.target_model is not None else None
     conversion = convert_state_dict(
@@ -682,7 +686,7 @@ def migrate(
         if report.output_format != "torch-zip":
             metadata = {
                 "deconv2shuffle.version": __version__,
-                "deconv2shuffle.source_sha256": ckpt.sha256_later(),  # hashed while the data is written
+                **({"deconv2shuffle.source_sha256": source_hash} if source_hash is not None else {}),
                 "deconv2shuffle.converted": json.dumps([f"{x.source}->{x.target}" for x in report.layers]),
             }
         written = save_checkpoint(

@@ -365,3 +365,17 @@ def test_safetensors_metadata_into_a_torch_file_is_reported(tmp_path, cli, spec_
     result = cli("migrate", tmp_path / "old.safetensors", tmp_path / "new.pth", "--spec", spec_file, "--json")
     assert result.exit_code == 0, result.output
     assert any("author" in n for n in json.loads(result.stdout)["notes"])
+
+
+def test_no_hash_leaves_the_sha_out(tmp_path, cli, spec_file):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    save_file(small_state(), tmp_path / "old.safetensors")
+    result = cli(
+        "migrate", tmp_path / "old.safetensors", tmp_path / "new.safetensors", "--spec", spec_file, "--no-hash"
+    )
+    assert result.exit_code == 0, result.output
+    with safe_open(tmp_path / "new.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert "deconv2shuffle.source_sha256" not in meta and meta["deconv2shuffle.version"]
