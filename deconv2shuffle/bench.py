@@ -21,7 +21,7 @@ from .errors import SpecError
 from .geometry import TransposedConv, smallest
 from .migrate import Sources, find_prefix, plan_layer
 from .nn import _TRANSPOSED, SUBPIXEL_CLASSES
-from .rewrite import fold_weight_norm_state
+from .rewrite import layer_weights
 
 
 @dataclass
@@ -128,10 +128,9 @@ def layers_from_checkpoint(
     state = load_checkpoint(path, state_dict_key=state_dict_key).state_dict
     out = []
     for layer in sources.layers():
-        prefix = find_prefix(list(state), layer.source, str(path))
-        folded, _ = fold_weight_norm_state(state, prefix + layer.source)
-        weight = folded[f"{prefix}{layer.source}.weight"]
-        bias = folded.get(f"{prefix}{layer.source}.bias")
+        found = layer_weights(state, find_prefix(list(state), layer.source, str(path)) + layer.source)
+        assert found is not None  # find_prefix found its weight
+        weight, bias = found.weight, found.bias
         plan = plan_layer(layer, weight)
         out.append(
             (layer.source, build_transposed(plan.source, weight, bias), [batch, weight.shape[0], *[size] * plan.rank])

@@ -277,7 +277,7 @@ def explain(
         from .checkpoint import load_checkpoint
         from .geometry import fit
         from .migrate import find_prefix, plan_layer
-        from .rewrite import fold_weight_norm_state
+        from .rewrite import layer_weights
         from .spec import load_spec
 
         if spec is None or layer is None:
@@ -286,9 +286,9 @@ def explain(
         if layer not in layers:
             raise typer.BadParameter(f"{layer!r} is not in {spec} (layers: {', '.join(layers)})", param_hint="--layer")
         state = load_checkpoint(checkpoint).state_dict
-        prefix = find_prefix(list(state), layer, str(checkpoint))
-        folded, _ = fold_weight_norm_state(state, prefix + layer)
-        plan = plan_layer(layers[layer], folded[f"{prefix}{layer}.weight"])
+        found = layer_weights(state, find_prefix(list(state), layer, str(checkpoint)) + layer)
+        assert found is not None  # find_prefix found its weight
+        plan = plan_layer(layers[layer], found.weight)
         if target_kernel:
             plan = fit(
                 plan.source,

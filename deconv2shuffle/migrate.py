@@ -25,9 +25,9 @@ from .errors import ConversionError, InexactTargetError, SpecError, Verification
 from .geometry import SubPixelPlan, TargetGeometry, TransposedConv, explain_mismatch, fit, smallest
 from .models import TargetConv, guess_input, load_model, source_layers, target_convs
 from .nn import convert_model, subpixel_forward
-from .optimizer import remap_container
+from .optimizer import identity, remap_container
 from .report import LayerResult, MigrationReport
-from .rewrite import WEIGHT_NORM_LAYOUTS, fold_weight_norm, transposed_to_subpixel
+from .rewrite import WEIGHT_NORM_LAYOUTS, layer_weights, transposed_to_subpixel
 from .spec import LayerSpec, Spec, load_spec
 
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.", "model.module.", "module._orig_mod.", "_orig_mod.module.")
@@ -206,19 +206,10 @@ def convert_state_dict(
     for layer in layers:
         p = find_prefix(keys, layer.source, source_name)
         base = f"{p}{layer.source}."
-        weight_norm = [(g, v) for g, v in WEIGHT_NORM_LAYOUTS if base + g in state and base + v in state]
-        if weight_norm:
-            g_key, v_key = base + weight_norm[0][0], base + weight_norm[0][1]
-            weight = fold_weight_norm(state[g_key], state[v_key])
-            old_keys = [g_key, v_key]
-        elif base + "weight" in state:
-            weight = state[base + "weight"]
-            old_keys = [base + "weight"]
-        else:
+        found = layer_weights(state, p + layer.source)
+        if found is None:
             raise SpecError(f"{source_name}: layer {layer.source!r} has no key {base}weight")
-        bias = state.get(base + "bias")
-        if bias is not None:
-            old_keys.append(base + "bias")
+        weight, bias, old_keys, weight_norm = found.weight, found.bias, list(found.keys), found.folded
         if any(k in used for k in old_keys):
             raise SpecError(f"layer {layer.source!r} is listed twice")
         conv = None
@@ -323,7 +314,7 @@ def convert_state_dict(
         put(new_key, state[key], key)
         if new_key != key:
             report.renamed[key] = new_key
-            key_map[key] = (new_key, _identity)
+            key_map[key] = (new_key, identity)
         else:
             report.copied.append(key)
 
@@ -335,10 +326,6 @@ def convert_state_dict(
 
 def _renamed_targets(converted: set[str], report: MigrationReport) -> set[str]:
     return {report.renamed[k] for k in converted if k in report.renamed}
-
-
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 def _make_transform(plan: SubPixelPlan, which: str) -> Any:
@@ -373,7 +360,7 @@ def _match_target(
                 if old_key in moved:
                     report.copied.remove(old_key)
                     report.renamed[old_key] = moved[old_key]
-                    key_map[old_key] = (moved[old_key], _identity)
+                    key_map[old_key] = (moved[old_key], identity)
             for old_key, new_key in list(report.renamed.items()):
                 if new_key.startswith(prefix):
                     report.renamed[old_key] = new_key[len(prefix) :]

@@ -61,7 +61,7 @@ def remap_one(
     for gi, group in enumerate(groups):
         for idx in group["params"]:
             old_key = key_of[idx]
-            new_key, transform = mapping.get(old_key, (old_key, _identity))
+            new_key, transform = mapping.get(old_key, (old_key, identity))
             if new_key is None or new_key not in new_index:
                 continue
             group_of_new.setdefault(new_key, gi)
@@ -85,7 +85,8 @@ def remap_one(
     return {**optim, "state": dict(sorted(new_entries.items())), "param_groups": new_groups}
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
+def identity(t: torch.Tensor) -> torch.Tensor:
+    """The transform of a parameter whose layout does not change."""
     return t
 
 

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .report import format_axes as _axes
+
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
 
@@ -42,12 +44,6 @@ def say(message: str) -> None:
 def _add_row(table: Table, *cells: str) -> None:
     """Cells are plain text: keys, errors and tap names contain brackets that are not markup."""
     table.add_row(*(Text(c) for c in cells))
-
-
-def _axes(values: Any) -> str:
-    if values and isinstance(values[0], list):
-        return ",".join("/".join(map(str, v)) for v in values)
-    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
 
 
 def _err(value: float) -> str:

@@ -88,8 +88,9 @@ class MigrationReport:
         for layer in self.layers:
             lines.append(
                 f"| `{layer.source}` | `{layer.target}` | {layer.source_geometry} | {tuple(layer.old_shape)} | "
-                f"{tuple(layer.new_shape)} | k{_axes(layer.target_kernel_size)} p{_axes(layer.target_padding)} | "
-                f"{_axes(layer.crop)} | {'yes' if layer.exact else f'no (dropped {layer.dropped_mass:.3g})'} | "
+                f"{tuple(layer.new_shape)} | k{format_axes(layer.target_kernel_size)} "
+                f"p{format_axes(layer.target_padding)} | "
+                f"{format_axes(layer.crop)} | {'yes' if layer.exact else f'no (dropped {layer.dropped_mass:.3g})'} | "
                 f"{layer.max_abs_error:.3g} | {layer.macs_ratio:.2f} |"
             )
         for title, items in (
@@ -127,7 +128,8 @@ class MigrationReport:
             f.write(text.encode())
 
 
-def _axes(values: Any) -> str:
+def format_axes(values: Any) -> str:
+    """``[3, 3]`` -> ``3``, ``[3, 2]`` -> ``3x2``, ``[[0, 1], [0, 1]]`` -> ``0/1,0/1``."""
     if isinstance(values, (list, tuple)) and values and isinstance(values[0], (list, tuple)):
         return ",".join("/".join(map(str, v)) for v in values)
     if isinstance(values, (list, tuple)):

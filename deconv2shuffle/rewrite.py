@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +202,30 @@ WEIGHT_NORM_LAYOUTS = (
     ("weight_g", "weight_v"),
     ("parametrizations.weight.original0", "parametrizations.weight.original1"),
 )
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """The weight a layer's forward uses (weight norm folded), its bias, and the keys they came from."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    keys: list[str]
+    folded: bool
+
+
+def layer_weights(state: Mapping[str, torch.Tensor], module: str) -> LayerWeights | None:
+    """``module``'s weights in ``state`` (plain or weight-normed, either layout); None if absent."""
+    base = f"{module}." if module else ""
+    bias = state.get(base + "bias")
+    bias_keys = [base + "bias"] if bias is not None else []
+    for g, v in WEIGHT_NORM_LAYOUTS:
+        if base + g in state and base + v in state:
+            weight = fold_weight_norm(state[base + g], state[base + v])
+            return LayerWeights(weight, bias, [base + g, base + v, *bias_keys], True)
+    if base + "weight" in state:
+        return LayerWeights(state[base + "weight"], bias, [base + "weight", *bias_keys], False)
+    return None
 
 
 def fold_weight_norm_state(state: dict[str, torch.Tensor], module: str) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -13,7 +13,7 @@ from .checkpoint import load_checkpoint
 from .errors import Deconv2ShuffleError
 from .geometry import TransposedConv, smallest
 from .migrate import Sources, find_prefix, plan_layer
-from .rewrite import WEIGHT_NORM_LAYOUTS, fold_weight_norm
+from .rewrite import WEIGHT_NORM_LAYOUTS, layer_weights
 from .spec import LayerSpec
 
 _UPSAMPLE_NAME = re.compile(r"(^|[._])(up|ups|upsample|upconv|deconv|convt|conv_?transpose|transpose|tconv)\w*", re.I)
@@ -39,17 +39,11 @@ def _summary(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _layer_weight(state: dict[str, torch.Tensor], base: str) -> tuple[torch.Tensor | None, bool]:
-    for g, v in WEIGHT_NORM_LAYOUTS:
-        if base + g in state and base + v in state:
-            return fold_weight_norm(state[base + g], state[base + v]), True
-    return state.get(base + "weight"), False
-
-
 def _layer_entry(layer: LayerSpec, state: dict[str, torch.Tensor], prefix: str, origin: str) -> dict[str, Any]:
-    weight, wn = _layer_weight(state, f"{prefix}{layer.source}.")
-    if weight is None:
+    found = layer_weights(state, prefix + layer.source)
+    if found is None:
         return {"module": layer.source, "origin": origin, "error": f"no key {prefix}{layer.source}.weight"}
+    weight, wn = found.weight, found.folded
     try:
         plan = plan_layer(layer, weight)
     except Deconv2ShuffleError as e:
@@ -84,10 +78,10 @@ def guess_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         if module in seen or leaf not in ("weight", "weight_v", "parametrizations.weight.original1"):
             continue
         seen.add(module)
-        weight, wn = _layer_weight(state, module + ".")
-        if weight is None or weight.dim() not in (3, 4, 5):
+        found = layer_weights(state, module)
+        if found is None or found.weight.dim() not in (3, 4, 5):
             continue
-        bias = state.get(module + ".bias")
+        weight, bias, wn = found.weight, found.bias, found.folded
         reasons = []
         if bias is not None and bias.dim() == 1 and bias.numel() == weight.shape[1] != weight.shape[0]:
             reasons.append(f"bias has {bias.numel()} = weight.shape[1] entries (a Conv's would have weight.shape[0])")

@@ -70,6 +70,15 @@ def test_sample_batch_converts_every_sample_exactly(converted):
         assert f["exact"] is True and f["max_rel_error"] < 1e-12, f
 
 
+def _loaded(name: str, out: Path):
+    """The original model with the sample's weights, the target model with the converted ones, an input."""
+    old, new, shape = _source_and_target(name)
+    old.load_state_dict(_state(_checkpoint(name)), strict=True)
+    new.load_state_dict(_state(out / _checkpoint(name).name), strict=True)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return old.eval(), new.eval(), x
+
+
 def _source_and_target(name: str):
     models = _models()
     spec = load_spec(SAMPLES / f"{name}.toml")
@@ -91,17 +100,11 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_converted_samples_reproduce_the_originals_in_float32(converted, name):
-    out, _ = converted
-    old, new, shape = _source_and_target(name)
-    old.load_state_dict(_state(_checkpoint(name)), strict=True)
-    new.load_state_dict(_state(out / _checkpoint(name).name), strict=True)
-    old.eval()
-    new.eval()
+    old, new, x = _loaded(name, converted[0])
     assert not any(
         isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))
         for m in new.modules()
     )
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want, got = old(x), new(x)
     assert got.shape == want.shape
@@ -113,13 +116,7 @@ def test_converted_samples_run_in_onnx_runtime(converted, name, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    out, _ = converted
-    old, new, shape = _source_and_target(name)
-    old.load_state_dict(_state(_checkpoint(name)), strict=True)
-    new.load_state_dict(_state(out / _checkpoint(name).name), strict=True)
-    old.eval()
-    new.eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    old, new, x = _loaded(name, converted[0])
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(new, (x,), str(path), dynamo=True, external_data=False)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
