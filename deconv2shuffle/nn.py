@@ -47,9 +47,18 @@ _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def subpixel_forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    plan: SubPixelPlan,
+    output_size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Conv (plan's kernel and padding) + pixel shuffle + crop: the ConvTranspose of ``plan``."""
+    """Conv (plan's kernel and padding) + pixel shuffle + crop: the ConvTranspose of ``plan``.
+
+    ``output_size`` works as in ``ConvTranspose*d.forward``: it picks a longer output (another
+    output_padding). Tap placement does not depend on output_padding, so any length the conv
+    yields cells for is exact; a longer one raises.
+    """
     target = plan.target
     spatial = x.shape[2:]
     if target.symmetric:
@@ -61,6 +70,17 @@ def subpixel_forward(
         z = _CONV_FN[plan.rank](F.pad(x, pads), weight, bias, groups=plan.source.groups)
     y = pixel_shuffle(z, plan.factors)
     lengths = plan.output_length(spatial)
+    if output_size is not None:
+        wanted = [int(n) for n in output_size][-plan.rank :]
+        for axis, (n, length) in enumerate(zip(wanted, lengths, strict=True)):
+            shortest = length - plan.source.output_padding[axis]  # torch's range: shortest .. + max(r, d) - 1
+            longest = min(shortest + max(plan.source.stride[axis], plan.source.dilation[axis]) - 1, y.shape[2 + axis])
+            if not shortest <= n <= longest:
+                raise ValueError(
+                    f"output_size {tuple(wanted)}: axis {axis} length {n} is outside {shortest}..{longest}, "
+                    "the lengths this converted layer can give exactly"
+                )
+        lengths = tuple(wanted)
     return y[(slice(None), slice(None), *(slice(0, n) for n in lengths))]
 
 
@@ -122,8 +142,8 @@ class _SubPixelConvTranspose(nn.Module):
         )
         self.shuffle = PixelShuffle(plan.factors)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return subpixel_forward(x, self.conv.weight, self.conv.bias, self.plan)
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        return subpixel_forward(x, self.conv.weight, self.conv.bias, self.plan, output_size)
 
     def extra_repr(self) -> str:
         return (

@@ -326,3 +326,15 @@ def test_onnx_export_has_no_conv_transpose(tmp_path):
     assert d2s, ops
     modes = {a.s.decode() for n in d2s for a in n.attribute if a.name == "mode"}
     assert modes == {"CRD"}
+
+
+def test_output_size_picks_a_longer_output_like_conv_transpose():
+    torch.manual_seed(0)
+    old = nn.ConvTranspose2d(3, 4, 3, 2, 1).double()  # k3 s2 p1: 2H-1, output_size may ask for 2H
+    new = SubPixelConvTranspose2d.from_transposed(old)
+    x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        for size in [(9, 11), (10, 12), (9, 12)]:
+            torch.testing.assert_close(new(x, output_size=size), old(x, output_size=size), rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="outside"):
+            new(x, output_size=(11, 11))
