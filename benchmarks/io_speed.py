@@ -80,6 +80,10 @@ CHILD = {
         "from deconv2shuffle.migrate import load_sources, migrate; "
         "migrate({src!r}, {dst!r}, sources=load_sources({spec!r}), force=True)"
     ),
+    "migrate --no-hash": (
+        "from deconv2shuffle.migrate import load_sources, migrate; "
+        "migrate({src!r}, {dst!r}, sources=load_sources({spec!r}), force=True, hash_source=False)"
+    ),
 }
 
 
@@ -121,7 +125,7 @@ def main() -> None:
         rows = []
         for fmt, src, base in (("torch zip", pth, "torch"), ("safetensors", st, "safetensors")):
             out = folder / f"out{src.suffix}"
-            kinds = [base, base + "+fsync", "migrate"]
+            kinds = [base, base + "+fsync", "migrate"] + (["migrate --no-hash"] if base == "safetensors" else [])
             times: dict[str, list[float]] = {k: [] for k in kinds}
             rss: dict[str, int] = {}
             run_child(base, src, out, spec)  # warm the page cache
@@ -130,15 +134,28 @@ def main() -> None:
                     seconds, peak = run_child(kind, src, out, spec)
                     times[kind].append(seconds)
                     rss[kind] = max(rss.get(kind, 0), peak)
-            t_base, t_sync, t_ours = (statistics.median(times[k]) for k in kinds)
+            t_base, t_sync, t_ours = (statistics.median(times[k]) for k in kinds[:3])
             rows.append((fmt, t_base, t_sync, t_ours, rss[base], rss["migrate"], src.stat().st_size))
+            if "migrate --no-hash" in times:
+                t_nohash = statistics.median(times["migrate --no-hash"])
+                rows.append(
+                    (
+                        fmt + " --no-hash",
+                        t_base,
+                        t_sync,
+                        t_nohash,
+                        rss[base],
+                        rss["migrate --no-hash"],
+                        src.stat().st_size,
+                    )
+                )
         print(
-            f"{'format':<12} {'baseline s':>10} {'+fsync s':>9} {'migrate s':>10} {'ratio':>6} {'ratio/fsync':>11} "
+            f"{'format':<22} {'baseline s':>10} {'+fsync s':>9} {'migrate s':>10} {'ratio':>6} {'ratio/fsync':>11} "
             f"{'base RSS/file':>13} {'migrate RSS/file':>16}"
         )
         for fmt, t_base, t_sync, t_ours, r_base, r_ours, fsize in rows:
             print(
-                f"{fmt:<12} {t_base:>10.2f} {t_sync:>9.2f} {t_ours:>10.2f} {t_ours / t_base:>6.2f} "
+                f"{fmt:<22} {t_base:>10.2f} {t_sync:>9.2f} {t_ours:>10.2f} {t_ours / t_base:>6.2f} "
                 f"{t_ours / t_sync:>11.2f} {r_base / fsize:>13.2f} {r_ours / fsize:>16.2f}"
             )
         print(
