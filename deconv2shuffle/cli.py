@@ -212,8 +212,26 @@ def spec_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors too become one line on stderr (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        from . import output
+
+        output.error("aborted")
+        sys.exit(1)
+    except typer.TyperException as e:  # usage errors: missing arguments, unknown options, bad values
+        from . import output
+
+        message = e.format_message()  # type: ignore[attr-defined]
+        if type(e).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help is the answer
+            sys.stderr.write(message + "\n")
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        where = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+        output.error(f"{message.rstrip('.')}.{where}")
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -357,7 +375,10 @@ def batch(
     def on_file(result: Any) -> None:
         mark = {"converted": "ok", "skipped": "up to date", "failed": "FAILED"}[result.status]
         progress.console.print(
-            f"{mark:>10}  {result.input}" + (f": {result.error}" if result.error else ""), highlight=False, markup=False
+            f"{mark:>10}  {result.input}" + (f": {result.error}" if result.error else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
         progress.advance(task[0])
 

@@ -226,3 +226,19 @@ def test_bench_times_both_geometries(cli, tmp_path, models_py):
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
     assert row["layer"] == "up" and row["input_shape"] == [1, 8, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["migrate"], "error: Missing argument 'old'. See 'deconv2shuffle migrate --help'."),
+        (["migrate", "a.pth", "--bogus"], "error: No such option: --bogus"),
+        (["batch", "x", "y", "--jobs", "abc"], "error: Invalid value for '--jobs'"),
+    ],
+)
+def test_usage_errors_are_one_line_from_the_real_entry_point(args, expect):
+    code = f"import sys; sys.argv = ['deconv2shuffle', *{args!r}]\nfrom deconv2shuffle.cli import main\nmain()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expect), out.stderr
