@@ -426,7 +426,9 @@ def load_checkpoint(
     for k, v in raw.items():
         if isinstance(v, torch.Tensor):
             state[str(k)] = v
-        elif str(k).endswith("_extra_state"):
+        elif str(k).endswith("_extra_state") or (chosen is None and not isinstance(v, Mapping)):
+            # module extra state, or a plain value saved beside the weights in a flat dict ("step": 3):
+            # carried through untouched
             passthrough[str(k)] = v
         else:
             raise CheckpointError(

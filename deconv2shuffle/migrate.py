@@ -616,9 +616,8 @@ def migrate(
     report.source_file, report.source_format = str(src), ckpt.format
     report.state_dict_key, report.state_dict_candidates = ckpt.state_key, ckpt.candidates
     if ckpt.passthrough:
-        report.notes.append(
-            f"kept {len(ckpt.passthrough)} non-tensor state_dict entries: {', '.join(ckpt.passthrough)}"
-        )
+        kept = "kept" if dst is None or output_format(Path(dst)) == "torch-zip" else "could not write (safetensors)"
+        report.notes.append(f"{kept} {len(ckpt.passthrough)} non-tensor entries: {', '.join(ckpt.passthrough)}")
     shape = parse_shape(input_shape)
     if shape is None and spec is not None and spec.models.get("input_shape"):
         shape = parse_shape(spec.models["input_shape"])

@@ -411,3 +411,15 @@ def test_full_disk_while_writing_safetensors_leaves_nothing(tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match="No space left on device"):
         save_checkpoint(tmp_path / "out.safetensors", ck.state_dict, like=ck)
     assert listing(tmp_path) == ["m.safetensors"]
+
+
+def test_flat_dict_with_plain_values_keeps_them(tmp_path, cli):
+    state = {**small_state(), "step": 1200, "arch": "unet-small"}
+    torch.save(state, tmp_path / "flat.pth")
+    result = cli("migrate", tmp_path / "flat.pth", tmp_path / "out.pth", "--spec", _spec(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert any("step" in n and n.startswith("kept") for n in json.loads(result.stdout)["notes"])
+    back = torch.load(tmp_path / "out.pth", weights_only=True)
+    assert back["step"] == 1200 and back["arch"] == "unet-small" and "up.conv.weight" in back
+    result = cli("migrate", tmp_path / "flat.pth", tmp_path / "out.safetensors", "--spec", _spec(tmp_path), "--json")
+    assert any(n.startswith("could not write") for n in json.loads(result.stdout)["notes"])
