@@ -242,3 +242,21 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(args, expect):
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expect), out.stderr
+
+
+def test_batch_treats_an_index_and_its_shards_as_one_checkpoint(tmp_path, cli):
+    src = tmp_path / "in"
+    src.mkdir()
+    state = small_state()
+    a = {k: v for k, v in state.items() if not k.startswith("tail")}
+    b = {k: v for k, v in state.items() if k.startswith("tail")}
+    save_file(a, src / "m-1.safetensors")
+    save_file(b, src / "m-2.safetensors")
+    index = {"weight_map": {**dict.fromkeys(a, "m-1.safetensors"), **dict.fromkeys(b, "m-2.safetensors")}}
+    (src / "m.safetensors.index.json").write_text(json.dumps(index))
+    (src / "m.toml").write_text(SPEC)
+    result = cli("batch", src, tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [os.path.basename(f["input"]) for f in data["files"]] == ["m.safetensors.index.json"]
+    assert listing(tmp_path / "out") == ["m-1.safetensors", "m-2.safetensors", "m.safetensors.index.json"]
