@@ -302,10 +302,6 @@ class Checkpoint:
 
         return result
 
-    def describe(self) -> str:
-        where = f"[{self.state_key!r}]" if self.state_key else "the whole file"
-        return f"{self.format}, state_dict from {where}, {len(self.state_dict)} tensors"
-
 
 def _load_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
     # torch.load sends a path ending in .safetensors to safetensors whatever its bytes are, and mmap

@@ -691,13 +691,6 @@ def migrate(
     return report
 
 
-def load_layers_for_inspect(sources: Sources) -> list[LayerSpec] | None:
-    try:
-        return sources.layers()
-    except SpecError:
-        return None
-
-
 def plan_layer(layer: LayerSpec, weight: torch.Tensor) -> SubPixelPlan:
     """The plan a spec layer gets for a weight (for inspect / explain)."""
     return _plan_for_layer(layer, weight, None)

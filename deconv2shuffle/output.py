@@ -264,7 +264,7 @@ def render_bench(rows: list[Any]) -> None:
     out.print(table)
 
 
-def batch_progress(total_hint: int = 0) -> Any:
+def batch_progress() -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
