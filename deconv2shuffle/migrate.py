@@ -202,7 +202,7 @@ def convert_state_dict(
     consumed: dict[str, list[tuple[str, torch.Tensor]]] = {}  # first old key of a layer -> new entries
     used: set[str] = set()
     key_map: dict[str, tuple[str | None, Any]] = {}
-    converted: set[str] = set()
+    converted: set[int] = set()  # ids of the new tensors
     for layer in layers:
         p = find_prefix(keys, layer.source, source_name)
         base = f"{p}{layer.source}."
@@ -225,18 +225,17 @@ def convert_state_dict(
         if conv is not None:
             _check_target_conv(layer, weight, plan, conv)
         if plan.short_axes or (plan.outside and not approx):
-            what = f"{plan.target.describe()}"
             raise InexactTargetError(
-                f"layer {layer.source!r} ({plan.source.describe()}): target conv {what} is not exact: "
-                f"{explain_mismatch(plan)}" + ("" if plan.short_axes else "; or pass --approx to truncate")
+                f"layer {layer.source!r} ({plan.source.describe()}): "
+                f"target conv {plan.target.describe()} is not exact: {explain_mismatch(plan)}"
+                + ("" if plan.short_axes else "; or pass --approx to truncate")
             )
         new = transposed_to_subpixel(weight, bias, plan, approx=approx)
         abs_err, rel_err = verify_layer(weight, bias, new.weight, new.bias, plan)
         if plan.exact and not rel_err <= tolerance:
             raise VerificationError(
                 f"layer {layer.source!r}: converted output differs by {rel_err:.3g} relative "
-                f"(tolerance {tolerance:g}); "
-                "nothing was written"
+                f"(tolerance {tolerance:g}); nothing was written"
             )
         new_base = f"{p}{target_module}."
         entries = [(new_base + "weight", new.weight)]
@@ -244,7 +243,7 @@ def convert_state_dict(
             entries.append((new_base + "bias", new.bias))
         consumed[old_keys[0]] = entries
         used.update(old_keys)
-        converted.update(k for k, _ in entries)
+        converted.update(id(t) for _, t in entries)
         w_key = old_keys[0]
         if weight_norm:
             key_map[old_keys[0]] = (new_base + "weight", None)
@@ -321,11 +320,9 @@ def convert_state_dict(
     if target is not None:
         out = _match_target(out, target, report, prefix, key_map, allow_missing, drop_unexpected, source_name)
     report.ok = True
-    return Conversion(out, report, key_map, {k for k in converted if k in out} | _renamed_targets(converted, report))
-
-
-def _renamed_targets(converted: set[str], report: MigrationReport) -> set[str]:
-    return {report.renamed[k] for k in converted if k in report.renamed}
+    # the converted tensors under whatever names they ended with (a prefix may have been removed)
+    converted_keys = {k for k, v in out.items() if id(v) in converted}
+    return Conversion(out, report, key_map, converted_keys)
 
 
 def _make_transform(plan: SubPixelPlan, which: str) -> Any:

@@ -379,3 +379,14 @@ def test_no_hash_leaves_the_sha_out(tmp_path, cli, spec_file):
     with safe_open(tmp_path / "new.safetensors", "pt") as f:
         meta = f.metadata()
     assert "deconv2shuffle.source_sha256" not in meta and meta["deconv2shuffle.version"]
+
+
+def test_converted_values_are_read_back_even_when_a_prefix_is_removed(tmp_path, old_model, models_py):
+    from deconv2shuffle.migrate import Target, convert_state_dict
+    from deconv2shuffle.spec import LayerSpec
+
+    state = {f"model.{k}": v for k, v in old_model.Old().state_dict().items()}
+    target = Target.from_model(old_model.New())
+    conv = convert_state_dict(state, [LayerSpec("up", 2, "up.0", 1)], target=target)
+    assert conv.converted_keys == {"up.0.weight", "up.0.bias"}
+    assert set(conv.state_dict) == set(target.shapes)
