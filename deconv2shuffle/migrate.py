@@ -346,23 +346,23 @@ def _match_target(
     source_name: str,
 ) -> dict[str, torch.Tensor]:
     want = target.shapes
-    if prefix and not (set(out) & set(want)):
-        stripped = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in out.items()}
-        if set(stripped) & set(want):
-            for old, new in list(key_map.items()):
-                if new[0] is not None and new[0].startswith(prefix):
-                    key_map[old] = (new[0][len(prefix) :], new[1])
-            moved = {k: k[len(prefix) :] for k in out if k.startswith(prefix)}
-            for old_key in list(report.copied):
-                if old_key in moved:
-                    report.copied.remove(old_key)
-                    report.renamed[old_key] = moved[old_key]
-                    key_map[old_key] = (moved[old_key], identity)
-            for old_key, new_key in list(report.renamed.items()):
-                if new_key.startswith(prefix):
-                    report.renamed[old_key] = new_key[len(prefix) :]
-            report.notes.append(f"prefix {prefix!r} removed: the target model's keys do not carry it")
-            out = stripped
+
+    def strip(key: str) -> str:
+        return key[len(prefix) :] if key.startswith(prefix) else key
+
+    if prefix and not (set(out) & set(want)) and {strip(k) for k in out} & set(want):
+        # the checkpoint's keys carry a wrapper's prefix (module., model.) that the target model's do not
+        for old, (new, transform) in list(key_map.items()):
+            key_map[old] = (None if new is None else strip(new), transform)
+        for old in report.copied:
+            key_map[old] = (strip(old), identity)
+        report.renamed = {
+            **{old: strip(old) for old in report.copied if strip(old) != old},
+            **{old: strip(new) for old, new in report.renamed.items()},
+        }
+        report.copied = [old for old in report.copied if strip(old) == old]
+        report.notes.append(f"prefix {prefix!r} removed: the target model's keys do not carry it")
+        out = {strip(k): v for k, v in out.items()}
     for key, value in out.items():
         if key in want and tuple(value.shape) != want[key]:
             raise ConversionError(

@@ -423,3 +423,34 @@ def test_flat_dict_with_plain_values_keeps_them(tmp_path, cli):
     assert back["step"] == 1200 and back["arch"] == "unet-small" and "up.conv.weight" in back
     result = cli("migrate", tmp_path / "flat.pth", tmp_path / "out.safetensors", "--spec", _spec(tmp_path), "--json")
     assert any(n.startswith("could not write") for n in json.loads(result.stdout)["notes"])
+
+
+def test_optimizer_follows_a_removed_prefix_into_the_target_model(tmp_path, cli, old_model, models_py):
+    model = old_model.Old()
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(1, 3, 8, 8)).sum().backward()
+    opt.step()
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "optimizer_states": [opt.state_dict()],
+    }
+    torch.save(ckpt, tmp_path / "l.ckpt")
+    result = cli(
+        "migrate",
+        tmp_path / "l.ckpt",
+        tmp_path / "n.ckpt",
+        "--source-model",
+        f"{models_py}:Old",
+        "--target-model",
+        f"{models_py}:New",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert "rearranged" in json.loads(result.stdout)["optimizer"]
+    new_ckpt = torch.load(tmp_path / "n.ckpt", weights_only=True)
+    new = old_model.New()
+    new.load_state_dict(new_ckpt["state_dict"], strict=True)
+    opt2 = torch.optim.Adam(new.parameters())
+    opt2.load_state_dict(new_ckpt["optimizer_states"][0])
+    assert torch.equal(opt2.state[new.head.weight]["exp_avg"], opt.state[model.head.weight]["exp_avg"])
+    assert opt2.state[new.up[0].weight]["exp_avg"].shape == new.up[0].weight.shape
