@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint, load_checkpoint, output_format, save_checkpo
 from .errors import ConversionError, InexactTargetError, SpecError, VerificationError
 from .geometry import SubPixelPlan, TargetGeometry, TransposedConv, explain_mismatch, fit, smallest
 from .models import TargetConv, guess_input, load_model, source_layers, target_convs
-from .nn import convert_model, subpixel_forward
+from .nn import clone_module, convert_model, subpixel_forward
 from .optimizer import identity, remap_container
 from .report import LayerResult, MigrationReport
 from .rewrite import WEIGHT_NORM_LAYOUTS, layer_weights, transposed_to_subpixel
@@ -529,22 +529,22 @@ def end_to_end(
     """Load both states into their models (strict) and compare outputs on one random input, float64."""
     if source_model is None:
         return None
-    import copy
-
-    old_model = copy.deepcopy(source_model).double().eval()
+    old_model = clone_module(source_model).double().eval()
     try:
         old_model.load_state_dict(_strip(old_state, prefix, old_model), strict=True)
     except RuntimeError as e:
-        raise SpecError(f"the old checkpoint does not load into --source-model: {str(e).splitlines()[0]}") from None
+        raise SpecError(
+            f"the old checkpoint does not load into --source-model: {' '.join(str(e).split())[:300]}"
+        ) from None
     if target_model is not None:
-        new_model = copy.deepcopy(target_model).double().eval()
+        new_model = clone_module(target_model).double().eval()
     else:
         new_model = convert_model(old_model)
     try:
         new_model.load_state_dict(_strip(new_state, prefix, new_model), strict=True)
     except RuntimeError as e:
         raise VerificationError(
-            f"the new checkpoint does not load into the target model: {str(e).splitlines()[1:2]}"
+            f"the new checkpoint does not load into the target model: {' '.join(str(e).split())[:300]}"
         ) from None
     shape = input_shape or guess_input(old_model)
     if shape is None:

@@ -253,6 +253,20 @@ def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     return weight, bias  # type: ignore[return-value]
 
 
+def clone_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copes with hook-based weight norm.
+
+    That weight norm keeps a computed (non-leaf) ``weight`` attribute, which deepcopy refuses; a
+    detached copy stands in for it (the hook recomputes it from weight_g/weight_v before use).
+    """
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and not isinstance(w, nn.Parameter) and w.grad_fn is not None:
+            memo[id(w)] = w.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def convert_model(
     model: nn.Module,
     *,
@@ -266,14 +280,7 @@ def convert_model(
     geometry other than the smallest exact one.
     """
     if not inplace:
-        # hook-based weight norm keeps a computed (non-leaf) ``weight`` that deepcopy refuses;
-        # copy a detached one instead (the hook recomputes it from weight_g/weight_v anyway)
-        memo: dict[int, Any] = {}
-        for m in model.modules():
-            w = getattr(m, "weight", None)
-            if isinstance(w, torch.Tensor) and not isinstance(w, nn.Parameter) and w.grad_fn is not None:
-                memo[id(w)] = w.detach().clone()
-        model = copy.deepcopy(model, memo)
+        model = clone_module(model)
     targets = targets or {}
     names = [name for name, m in model.named_modules() if isinstance(m, _TRANSPOSED)]
     for name in names:

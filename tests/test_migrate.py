@@ -390,3 +390,34 @@ def test_converted_values_are_read_back_even_when_a_prefix_is_removed(tmp_path, 
     conv = convert_state_dict(state, [LayerSpec("up", 2, "up.0", 1)], target=target)
     assert conv.converted_keys == {"up.0.weight", "up.0.bias"}
     assert set(conv.state_dict) == set(target.shapes)
+
+
+def test_hook_weight_norm_source_model_end_to_end(tmp_path, cli):
+    (tmp_path / "voc.py").write_text(
+        "import torch\nfrom torch import nn\nfrom torch.nn.utils import weight_norm\n\n"
+        "class Voc(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.up = weight_norm(nn.ConvTranspose1d(8, 4, 16, 8, 4))\n"
+        "    def forward(self, x):\n"
+        "        return self.up(x)\n"
+    )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("voc_mod", tmp_path / "voc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.save(mod.Voc().state_dict(), tmp_path / "v.pth")
+    result = cli(
+        "migrate",
+        tmp_path / "v.pth",
+        tmp_path / "n.pth",
+        "--source-model",
+        f"{tmp_path / 'voc.py'}:Voc",
+        "--input-shape",
+        "1,8,10",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["layers"][0]["weight_norm_folded"] and report["end_to_end"]["max_rel_error"] < 1e-5
