@@ -338,3 +338,33 @@ def test_output_size_picks_a_longer_output_like_conv_transpose():
             torch.testing.assert_close(new(x, output_size=size), old(x, output_size=size), rtol=1e-12, atol=1e-12)
         with pytest.raises(ValueError, match="outside"):
             new(x, output_size=(11, 11))
+
+
+def test_convert_model_on_random_models_mixing_ranks():
+    """100 random models, each holding three ConvTranspose layers of random rank and geometry."""
+    rng = random.Random(7)
+    cs = configs(300, 5)
+    for m in range(100):
+        model = nn.ModuleList()
+        picked = [cs[3 * m + i] for i in range(3)]
+        for c in picked:
+            model.append(
+                MODULE[c["rank"]](
+                    c["c_in"],
+                    c["c_out"],
+                    c["k"],
+                    c["r"],
+                    c["p"],
+                    c["op"],
+                    c["groups"],
+                    c["bias"],
+                    c["d"],
+                    dtype=torch.float64,
+                )
+            )
+        new = convert_model(model)
+        assert not any(isinstance(x, tuple(MODULE.values())) for x in new.modules())
+        for old_layer, new_layer, c in zip(model, new, picked):
+            x = torch.randn(rng.randint(1, 2), c["c_in"], *c["h"], dtype=torch.float64)
+            with torch.no_grad():
+                assert relative_error(new_layer(x), old_layer(x)) <= 1e-10, c
