@@ -204,11 +204,23 @@ def spec_cmd(
         raise typer.BadParameter("--source-model is required", param_hint="--source-model")
     sources = load_sources(None, source_model, target_model, source_args, target_args)
     layers = sources.layers()
+    if not layers:
+        from .errors import SpecError
+
+        raise SpecError(f"--source-model {source_model}: the model has no ConvTranspose layers; nothing to convert")
     comments = [f"written by deconv2shuffle {__version__} from {source_model}"]
     if target_model:
         comments.append(f"paired with {target_model}")
     comments.append("target_kernel_size / target_padding omitted: the smallest exact conv is used")
-    sys.stdout.write(dump_spec(Spec(layers=layers), comments))
+    comments.append("[models]: file paths are read relative to this spec's folder")
+    models: dict[str, Any] = {"source": source_model}
+    if source_args:
+        models["source_args"] = json.loads(source_args)
+    if target_model:
+        models["target"] = target_model
+        if target_args:
+            models["target_args"] = json.loads(target_args)
+    sys.stdout.write(dump_spec(Spec(layers=layers, models=models), comments))
 
 
 def main() -> None:

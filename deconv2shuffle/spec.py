@@ -18,6 +18,7 @@ target_padding = 1          # optional
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -232,11 +233,21 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return str(value)
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (int, float)):
+        return repr(value)
+    raise SpecError(f"cannot write {value!r} ({type(value).__name__}) into a spec")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _compact(value: IntOrTuple) -> IntOrTuple:
@@ -267,6 +278,8 @@ def dump_spec(spec: Spec, comments: Sequence[str] = ()) -> str:
             out.append(f"target_kernel_size = {_toml_value(_compact(layer.target_kernel_size))}")
         if layer.target_padding is not None:
             out.append(f"target_padding = {_toml_value(_compact(layer.target_padding))}")
+    if spec.models:
+        out += ["", "[models]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in spec.models.items()]
     if spec.rename:
         out += ["", "[rename]"] + [f"{_toml_value(p)} = {_toml_value(r)}" for p, r in spec.rename]
     return "\n".join(out) + "\n"

@@ -308,6 +308,11 @@ def test_spec_command_round_trips(tmp_path, cli, models_py):
     assert result.exit_code == 0, result.output
     spec = parse_spec(result.stdout)
     assert [(x.source, x.target, x.stride, x.padding) for x in spec.layers] == [("up", "up.0", 2, 1)]
+    assert spec.models == {"source": f"{models_py}:Old", "target": f"{models_py}:New"}
+    none = cli("spec", "--source-model", f"{models_py}:New")
+    assert none.exit_code == 2 and "no ConvTranspose layers" in none.output
+    with_args = cli("spec", "--source-model", f"{models_py}:Old", "--source-args", '{"ch": 4}')
+    assert parse_spec(with_args.stdout).models["source_args"] == {"ch": 4}
 
 
 def test_ambiguous_pairing_asks_for_a_spec(tmp_path):
