@@ -99,7 +99,9 @@ def _conv_name(rank: int, c_in: int, c_out: int) -> str:
     return f"Conv{rank}d({c_in}, {c_out})"
 
 
-def _check_target_conv(layer: LayerSpec, weight: torch.Tensor, plan: SubPixelPlan, conv: TargetConv) -> None:
+def _check_target_conv(
+    layer: LayerSpec, weight: torch.Tensor, has_bias: bool, plan: SubPixelPlan, conv: TargetConv
+) -> None:
     """The two forum mistakes and other mismatches, in plain words."""
     rank = plan.rank
     c_in, c_out = weight.shape[0], weight.shape[1] * plan.source.groups
@@ -129,6 +131,11 @@ def _check_target_conv(layer: LayerSpec, weight: torch.Tensor, plan: SubPixelPla
         raise ConversionError(
             f"layer {layer.source!r}: {needs}; target {conv.name!r} is "
             f"{_conv_name(rank, conv.in_channels, conv.out_channels)}{cause}"
+        )
+    if has_bias and not conv.bias:
+        raise ConversionError(
+            f"layer {layer.source!r} has a bias but target {conv.name!r} was built with bias=False; "
+            "the bias cannot be dropped exactly: build the target conv with bias=True"
         )
 
 
@@ -223,7 +230,7 @@ def convert_state_dict(
                 )
         plan = _plan_for_layer(layer, weight, conv)
         if conv is not None:
-            _check_target_conv(layer, weight, plan, conv)
+            _check_target_conv(layer, weight, bias is not None, plan, conv)
         if plan.short_axes or (plan.outside and not approx):
             raise InexactTargetError(
                 f"layer {layer.source!r} ({plan.source.describe()}): "

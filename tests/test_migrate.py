@@ -426,3 +426,38 @@ def test_hook_weight_norm_source_model_end_to_end(tmp_path, cli):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["layers"][0]["weight_norm_folded"] and report["end_to_end"]["max_rel_error"] < 1e-5
+
+
+def test_target_without_bias_is_explained(tmp_path, cli, old_model):
+    (tmp_path / "nb.py").write_text(
+        "from torch import nn\n\nclass NoBias(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(64, 1024, 3, padding=1, bias=False)\n        self.shuffle = nn.PixelShuffle(2)\n"
+        "    def forward(self, x):\n        return self.shuffle(self.conv(x))\n"
+    )
+    _, path = _forum_checkpoint(tmp_path, old_model)
+    result = (
+        cli(
+            "migrate",
+            path,
+            tmp_path / "n.pth",
+            "--spec",
+            tmp_path / "s.toml",
+            "--target-model",
+            f"{tmp_path / 'nb.py'}:NoBias",
+        )
+        if False
+        else None
+    )
+    (tmp_path / "s.toml").write_text(
+        'version = 1\n[[layers]]\nsource = "up"\ntarget = "conv"\nstride = 2\npadding = 1\n'
+    )
+    result = cli(
+        "migrate",
+        path,
+        tmp_path / "n.pth",
+        "--spec",
+        tmp_path / "s.toml",
+        "--target-model",
+        f"{tmp_path / 'nb.py'}:NoBias",
+    )
+    assert result.exit_code == 2 and "bias=False" in result.output, result.output
