@@ -435,19 +435,6 @@ def test_target_without_bias_is_explained(tmp_path, cli, old_model):
         "    def forward(self, x):\n        return self.shuffle(self.conv(x))\n"
     )
     _, path = _forum_checkpoint(tmp_path, old_model)
-    result = (
-        cli(
-            "migrate",
-            path,
-            tmp_path / "n.pth",
-            "--spec",
-            tmp_path / "s.toml",
-            "--target-model",
-            f"{tmp_path / 'nb.py'}:NoBias",
-        )
-        if False
-        else None
-    )
     (tmp_path / "s.toml").write_text(
         'version = 1\n[[layers]]\nsource = "up"\ntarget = "conv"\nstride = 2\npadding = 1\n'
     )
