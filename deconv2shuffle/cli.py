@@ -186,6 +186,8 @@ def migrate(
         output.render_migration(result)
         if verbose:
             output.render_keys(result)
+        if report is not None:
+            output.say(f"report: {report}")
 
 
 @app.command("spec")
