@@ -524,6 +524,15 @@ def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
     return shape
 
 
+def _load_strict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, error: type[Exception], what: str
+) -> None:
+    try:
+        model.load_state_dict(_strip(state, prefix, model), strict=True)
+    except RuntimeError as e:
+        raise error(f"{what}: {' '.join(str(e).split())[:300]}") from None
+
+
 def end_to_end(
     old_state: Mapping[str, torch.Tensor],
     new_state: Mapping[str, torch.Tensor],
@@ -537,22 +546,11 @@ def end_to_end(
     if source_model is None:
         return None
     old_model = clone_module(source_model).double().eval()
-    try:
-        old_model.load_state_dict(_strip(old_state, prefix, old_model), strict=True)
-    except RuntimeError as e:
-        raise SpecError(
-            f"the old checkpoint does not load into --source-model: {' '.join(str(e).split())[:300]}"
-        ) from None
-    if target_model is not None:
-        new_model = clone_module(target_model).double().eval()
-    else:
-        new_model = convert_model(old_model)
-    try:
-        new_model.load_state_dict(_strip(new_state, prefix, new_model), strict=True)
-    except RuntimeError as e:
-        raise VerificationError(
-            f"the new checkpoint does not load into the target model: {' '.join(str(e).split())[:300]}"
-        ) from None
+    _load_strict(old_model, old_state, prefix, SpecError, "the old checkpoint does not load into --source-model")
+    new_model = clone_module(target_model).double().eval() if target_model is not None else convert_model(old_model)
+    _load_strict(
+        new_model, new_state, prefix, VerificationError, "the new checkpoint does not load into the target model"
+    )
     shape = input_shape or guess_input(old_model)
     if shape is None:
         return {"skipped": "no input shape; pass --input-shape"}

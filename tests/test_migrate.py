@@ -62,9 +62,9 @@ def test_forum_case_by_model_classes(tmp_path, cli, old_model, models_py):
         assert _relative(new(x), model(x)) <= 1e-5
 
 
-def test_forum_mistake_one_by_one_conv_is_explained(tmp_path, cli, old_model, models_py):
+def _forum_migrate(tmp_path, cli, old_model, models_py, target_args: str):
     _, path = _forum_checkpoint(tmp_path, old_model)
-    result = cli(
+    return cli(
         "migrate",
         path,
         tmp_path / "new.pth",
@@ -73,26 +73,19 @@ def test_forum_mistake_one_by_one_conv_is_explained(tmp_path, cli, old_model, mo
         "--target-model",
         f"{models_py}:ForumNew",
         "--target-args",
-        '{"kernel": 1, "padding": 0}',
+        target_args,
     )
+
+
+def test_forum_mistake_one_by_one_conv_is_explained(tmp_path, cli, old_model, models_py):
+    result = _forum_migrate(tmp_path, cli, old_model, models_py, '{"kernel": 1, "padding": 0}')
     assert result.exit_code == 1, result.output
     assert "exact needs a 3x3 conv with padding 1" in result.output
     assert not (tmp_path / "new.pth").exists()
 
 
 def test_forum_mistake_divided_channels_is_explained(tmp_path, cli, old_model, models_py):
-    _, path = _forum_checkpoint(tmp_path, old_model)
-    result = cli(
-        "migrate",
-        path,
-        tmp_path / "new.pth",
-        "--source-model",
-        f"{models_py}:Forum",
-        "--target-model",
-        f"{models_py}:ForumNew",
-        "--target-args",
-        '{"out": 256}',
-    )
+    result = _forum_migrate(tmp_path, cli, old_model, models_py, '{"out": 256}')
     assert result.exit_code == 2, result.output
     assert "ConvTranspose2d(64, 256) needs Conv2d(64, 1024) + PixelShuffle(2)" in result.output
     assert "divided by r^2 = 4" in result.output
