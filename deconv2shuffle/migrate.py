@@ -59,12 +59,14 @@ def find_prefix(keys: Sequence[str], module: str, source_file: str = "checkpoint
     for prefix in ("", *KNOWN_PREFIXES):
         if any(prefix + w in keyset for w in wanted):
             return prefix
-    found = sorted(
-        (k[: -len(w)] for k in keys for w in wanted if k.endswith(w) and (len(k) == len(w) or k[-len(w) - 1] == ".")),
-        key=len,
-    )
+    found = sorted({k[: -len(w)] for k in keys for w in wanted if k.endswith("." + w)})
+    if len(found) == 1:
+        return found[0]  # an unusual wrapper prefix, e.g. "net_g."
     if found:
-        return found[0]
+        raise SpecError(
+            f"{source_file}: layer {module!r} matches under several prefixes ({', '.join(found)}); "
+            "name the layer by its full path in the spec"
+        )
     close = difflib.get_close_matches(f"{module}.weight", list(keys), 3, 0.5)
     hint = f"; closest keys: {', '.join(close)}" if close else ""
     raise SpecError(f"{source_file}: layer {module!r} has no key '{module}.weight' (nor weight-norm keys){hint}")

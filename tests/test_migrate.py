@@ -441,3 +441,13 @@ def test_target_without_bias_is_explained(tmp_path, cli, old_model):
         f"{tmp_path / 'nb.py'}:NoBias",
     )
     assert result.exit_code == 2 and "bias=False" in result.output, result.output
+
+
+def test_prefixes_unknown_and_ambiguous(tmp_path):
+    from deconv2shuffle.migrate import find_prefix
+
+    assert find_prefix(["net_g.up.weight", "net_g.up.bias"], "up") == "net_g."
+    with pytest.raises(SpecError, match="several prefixes"):
+        find_prefix(["a.up.weight", "b.up.weight"], "up")
+    with pytest.raises(SpecError, match="closest keys: upper.weight"):
+        find_prefix(["upper.weight"], "up")
