@@ -155,3 +155,20 @@ def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(scope["new"](x), scope["model"](x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(scope["layer"](x), scope["model"][0](x), rtol=1e-5, atol=1e-5)
+
+
+def test_readme_spec_example_is_valid():
+    from deconv2shuffle.spec import parse_spec
+
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    spec = parse_spec("\n".join(line.strip() for line in block.splitlines()))
+    (layer,) = spec.layers
+    assert (layer.source, layer.target_module, layer.stride, layer.target_kernel_size) == (
+        "decoder.up",
+        "decoder.up.conv",
+        2,
+        3,
+    )
+    assert spec.rename == [("^backbone\\.", "encoder.")] and spec.drop == ["^loss\\."]
+    assert spec.models["input_shape"] == [1, 3, 12, 12]
