@@ -685,9 +685,11 @@ def _save_sharded(
     inputs = like.files if like else []
     for shard in groups:
         check_output(out.parent / shard, inputs, force)
+    shard_meta = {src.path.name: src.metadata for src in (like._sources if like else [])}
     for shard, tensors in groups.items():
         with atomic_file(out.parent / shard, _check_safetensors(out.parent / shard, tensors, check_values)) as f:
-            write_safetensors(f, tensors, meta, like._sources if like else ())
+            # each shard keeps its own metadata, with the provenance added
+            write_safetensors(f, tensors, {**shard_meta.get(shard, {}), **meta}, like._sources if like else ())
         written.append(out.parent / shard)
     index = dict(like.index_extra) if like else {}
     index_meta = dict(index.get("metadata") or {}) if isinstance(index.get("metadata"), dict) else {}

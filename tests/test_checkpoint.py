@@ -306,7 +306,7 @@ def test_sharded_in_gives_sharded_out(tmp_path, cli):
     state = small_state()
     shard_a = {k: v for k, v in state.items() if k.startswith(("head", "up"))}
     shard_b = {k: v for k, v in state.items() if k.startswith("tail")}
-    save_file(shard_a, tmp_path / "model-00001-of-00002.safetensors")
+    save_file(shard_a, tmp_path / "model-00001-of-00002.safetensors", metadata={"format": "pt", "shard": "one"})
     save_file(shard_b, tmp_path / "model-00002-of-00002.safetensors")
     index = {
         "metadata": {"total_size": 0},
@@ -333,6 +333,8 @@ def test_sharded_in_gives_sharded_out(tmp_path, cli):
     back = load_checkpoint(out_dir / "model.safetensors.index.json").state_dict
     assert torch.equal(back["tail.weight"], state["tail.weight"])
     assert back["up.conv.weight"].shape == (64, 8, 3, 3)
+    with safe_open(out_dir / "model-00001-of-00002.safetensors", "pt") as f:
+        assert f.metadata()["shard"] == "one" and "deconv2shuffle.source_sha256" in f.metadata()
 
 
 def test_trust_pickle_is_explicit(tmp_path):
