@@ -127,21 +127,29 @@ def up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
     return dst.stat().st_mtime >= newest
 
 
+_SOURCES: dict[tuple[Any, ...], Any] = {}  # per process: a spec or model shared by many files is loaded once
+
+
+def _sources_for(job: dict[str, Any]) -> Any:
+    from .migrate import load_sources
+
+    names = ("spec", "source_model", "target_model", "source_args", "target_args")
+    args: list[Any] = [job.get(n) for n in names]
+    key = (*args, Path(args[0]).stat().st_mtime_ns if args[0] and Path(args[0]).is_file() else None)
+    if key not in _SOURCES:
+        _SOURCES[key] = load_sources(*args)
+    return _SOURCES[key]
+
+
 def convert_one(job: dict[str, Any]) -> FileResult:
     """Convert one file; every failure becomes a failed FileResult with the one-line message."""
-    from .migrate import load_sources, migrate
+    from .migrate import migrate
 
     start = time.perf_counter()
     src, dst = Path(job["input"]), Path(job["output"])
     result = FileResult(input=str(src), output=str(dst), status="failed", spec=job.get("spec"))
     try:
-        sources = load_sources(
-            job.get("spec"),
-            job.get("source_model"),
-            job.get("target_model"),
-            job.get("source_args"),
-            job.get("target_args"),
-        )
+        sources = _sources_for(job)
         dst.parent.mkdir(parents=True, exist_ok=True)
         report = migrate(
             src,

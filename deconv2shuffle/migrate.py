@@ -418,14 +418,24 @@ class Sources:
     spec: Spec | None = None
     source_model: nn.Module | None = None
     target_model: nn.Module | None = None
+    _target: Target | None = field(default=None, repr=False, compare=False)
+
+    def target(self) -> Target | None:
+        """The target model's shapes and convs, traced once."""
+        if self.target_model is None:
+            return None
+        if self._target is None:
+            self._target = Target.from_model(self.target_model)
+        return self._target
 
     def layers(self) -> list[LayerSpec]:
         if self.spec is not None and self.spec.layers:
             return list(self.spec.layers)
         if self.source_model is not None:
             found = source_layers(self.source_model)
-            if self.target_model is not None:
-                found = pair_layers(found, self.source_model, self.target_model)
+            target = self.target()
+            if target is not None:
+                found = pair_layers(found, self.source_model, target.convs)
             return found
         if self.target_model is not None:
             raise SpecError(
@@ -438,9 +448,13 @@ class Sources:
         )
 
 
-def pair_layers(layers: list[LayerSpec], source: nn.Module, target: nn.Module) -> list[LayerSpec]:
-    """Pair each source ConvTranspose with its target conv: by name, else by order and channels."""
-    convs = target_convs(target)
+def pair_layers(
+    layers: list[LayerSpec], source: nn.Module, target: nn.Module | dict[str, TargetConv]
+) -> list[LayerSpec]:
+    """Pair each source ConvTranspose with its target conv: by name, else by order and channels.
+
+    ``target`` is the target model, or its :func:`target_convs` when already traced."""
+    convs = target if isinstance(target, dict) else target_convs(target)
     paired: dict[int, str] = {}
     for i, layer in enumerate(layers):
         for name in (f"{layer.source}.conv", layer.source):
@@ -603,7 +617,7 @@ def migrate(
         if hash_source and output_format(Path(dst)) != "torch-zip":
             source_hash = ckpt.sha256_later()  # hashed in a thread while the rest of the work runs
     spec = sources.spec
-    target = Target.from_model(sources.target_model) if sources.target_model is not None else None
+    target = sources.target()
     conversion = convert_state_dict(
         ckpt.state_dict,
         sources.layers(),

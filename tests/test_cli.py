@@ -260,3 +260,13 @@ def test_batch_treats_an_index_and_its_shards_as_one_checkpoint(tmp_path, cli):
     data = json.loads(result.stdout)
     assert [os.path.basename(f["input"]) for f in data["files"]] == ["m.safetensors.index.json"]
     assert listing(tmp_path / "out") == ["m-1.safetensors", "m-2.safetensors", "m.safetensors.index.json"]
+
+
+def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli):
+    src = tmp_path / "in"
+    src.mkdir()
+    torch.save(small_state(), src / "x.pth")
+    result = cli("batch", src, tmp_path / "out", "--spec", tmp_path / "nope.toml", "--json")
+    assert result.exit_code == 1
+    (f,) = json.loads(result.stdout)["files"]
+    assert f["error"] == f"{tmp_path / 'nope.toml'}: spec file not found"
