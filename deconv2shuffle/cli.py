@@ -59,7 +59,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             output.error("interrupted; no partial output was left")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: usage errors keep exit 2
             raise
         except Exception as e:
             if _DEBUG["on"]:
@@ -193,36 +193,27 @@ def migrate(
 @app.command("spec")
 @handle_errors
 def spec_cmd(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="Draft from a checkpoint alone: layers and geometry are GUESSES.")
+    ] = None,
     source_model: SourceModelOpt = None,
     source_args: SourceArgsOpt = None,
     target_model: TargetModelOpt = None,
     target_args: TargetArgsOpt = None,
+    state_dict_key: StateKeyOpt = None,
 ) -> None:
-    """Print a spec for the source model's ConvTranspose layers (paired with the target's convs) to edit."""
-    from .migrate import load_sources
-    from .spec import Spec, dump_spec
+    """Print a spec to edit: from the source model's ConvTranspose layers (paired with the target's convs),
+    or a draft guessed from CHECKPOINT."""
+    from .draft import draft_from_checkpoint, draft_from_models
+    from .spec import dump_spec
 
-    if source_model is None:
-        raise typer.BadParameter("--source-model is required", param_hint="--source-model")
-    sources = load_sources(None, source_model, target_model, source_args, target_args)
-    layers = sources.layers()
-    if not layers:
-        from .errors import SpecError
-
-        raise SpecError(f"--source-model {source_model}: the model has no ConvTranspose layers; nothing to convert")
-    comments = [f"written by deconv2shuffle {__version__} from {source_model}"]
-    if target_model:
-        comments.append(f"paired with {target_model}")
-    comments.append("target_kernel_size / target_padding omitted: the smallest exact conv is used")
-    comments.append("[models]: file paths are read relative to this spec's folder")
-    models: dict[str, Any] = {"source": source_model}
-    if source_args:
-        models["source_args"] = json.loads(source_args)
-    if target_model:
-        models["target"] = target_model
-        if target_args:
-            models["target_args"] = json.loads(target_args)
-    sys.stdout.write(dump_spec(Spec(layers=layers, models=models), comments))
+    if source_model is not None:
+        spec, comments = draft_from_models(source_model, source_args, target_model, target_args)
+    elif checkpoint is not None:
+        spec, comments = draft_from_checkpoint(checkpoint, state_dict_key)
+    else:
+        raise typer.BadParameter("give --source-model (exact) or a CHECKPOINT (a guessed draft)")
+    sys.stdout.write(dump_spec(spec, comments))
 
 
 def main() -> None:

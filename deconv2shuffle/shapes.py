@@ -102,6 +102,8 @@ def guess_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
             padding = tuple((n - s) // 2 for n, s in zip(k, stride, strict=True))
             plan = smallest(TransposedConv.make(k, stride, padding, rank=len(k)))
             entry.update(
+                stride=list(stride),
+                padding=list(padding),
                 assumed=f"stride {stride[0]}, padding {padding[0]} (the common k=2s choice; confirm with a spec)",
                 geometry=plan.source.describe(),
                 target_kernel_size=list(plan.target.kernel_size),

@@ -270,3 +270,27 @@ def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli)
     assert result.exit_code == 1
     (f,) = json.loads(result.stdout)["files"]
     assert f["error"] == f"{tmp_path / 'nope.toml'}: spec file not found"
+
+
+def test_spec_draft_from_a_checkpoint_is_marked_and_usable(tmp_path, cli):
+    from deconv2shuffle.spec import parse_spec
+
+    torch.save(small_state(), tmp_path / "m.pth")
+    result = cli("spec", tmp_path / "m.pth")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# DRAFT") and "GUESS" in result.stdout
+    spec = parse_spec(result.stdout)
+    assert [(x.source, x.stride, x.padding) for x in spec.layers] == [("up", 2, 1)]
+    (tmp_path / "d.toml").write_text(result.stdout)
+    assert cli("migrate", tmp_path / "m.pth", tmp_path / "n.pth", "--spec", tmp_path / "d.toml").exit_code == 0
+    torch.save({"a.weight": torch.zeros(3, 3)}, tmp_path / "none.pth")
+    assert cli("spec", tmp_path / "none.pth").exit_code == 2
+    assert cli("spec").exit_code == 2
+
+
+def test_bad_parameters_inside_commands_exit_2(tmp_path, cli):
+    torch.save(small_state(), tmp_path / "m.pth")
+    assert cli("migrate", tmp_path / "m.pth").exit_code == 2  # neither NEW nor --dry-run
+    assert cli("migrate", tmp_path / "m.pth", "--dry-run", "--rename", "no-equals-sign").exit_code == 2
+    assert cli("explain", "--kernel", "4").exit_code == 2
+    assert cli("bench").exit_code == 2
