@@ -444,7 +444,8 @@ class Sources:
             )
         raise SpecError(
             "nothing says which layers are ConvTranspose or their stride and padding (a checkpoint alone cannot); "
-            "give --spec SPEC.toml, or --source-model REF (and --target-model REF)"
+            "give --spec SPEC.toml, or --source-model REF (and --target-model REF); "
+            "`deconv2shuffle spec CKPT` drafts a spec from guesses to check"
         )
 
 
