@@ -540,11 +540,15 @@ def atomic_file(path: Path, check: Callable[[Path], None] | None = None) -> Iter
             os.close(dfd)
 
 
+def _as_bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a flat uint8 tensor (no copy when it is already contiguous on the CPU)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().cpu().contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+    return memoryview(_as_bits(t).numpy())  # type: ignore[arg-type]
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]:
@@ -724,10 +728,6 @@ def _compare(
             raise CheckpointError(f"{out}: read-back check failed for {key!r}; nothing was written")
         if check_values(key) and not torch.equal(_as_bits(got), _as_bits(t)):
             raise CheckpointError(f"{out}: read-back values differ for {key!r}; nothing was written")
-
-
-def _as_bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
 def _check_torch(out: Path, state_key: str | None, expected: Mapping[str, torch.Tensor], check_values: ValueCheck):
