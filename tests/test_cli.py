@@ -273,7 +273,7 @@ def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli)
 
 
 def test_spec_draft_from_a_checkpoint_is_marked_and_usable(tmp_path, cli):
-    from deconv2shuffle.spec import parse_spec
+    from deconv2shuffle import parse_spec
 
     torch.save(small_state(), tmp_path / "m.pth")
     result = cli("spec", tmp_path / "m.pth")

@@ -5,8 +5,8 @@ import torch
 from conftest import listing, sha, small_state
 from torch import nn
 
+from deconv2shuffle import load_spec, parse_spec
 from deconv2shuffle.errors import SpecError
-from deconv2shuffle.spec import load_spec, parse_spec
 
 
 def _forum_checkpoint(tmp_path, old_model):
@@ -309,8 +309,8 @@ def test_spec_command_round_trips(tmp_path, cli, models_py):
 
 
 def test_ambiguous_pairing_asks_for_a_spec(tmp_path):
-    from deconv2shuffle.migrate import pair_layers
-    from deconv2shuffle.models import source_layers
+    from deconv2shuffle import pair_layers
+    from deconv2shuffle.core.models import source_layers
 
     src = nn.Module()
     src.a = nn.ConvTranspose2d(4, 4, 4, 2, 1)
@@ -380,8 +380,7 @@ def test_no_hash_leaves_the_sha_out(tmp_path, cli, spec_file):
 
 
 def test_converted_values_are_read_back_even_when_a_prefix_is_removed(tmp_path, old_model, models_py):
-    from deconv2shuffle.migrate import Target, convert_state_dict
-    from deconv2shuffle.spec import LayerSpec
+    from deconv2shuffle import LayerSpec, Target, convert_state_dict
 
     state = {f"model.{k}": v for k, v in old_model.Old().state_dict().items()}
     target = Target.from_model(old_model.New())
@@ -444,7 +443,7 @@ def test_target_without_bias_is_explained(tmp_path, cli, old_model):
 
 
 def test_prefixes_unknown_and_ambiguous(tmp_path):
-    from deconv2shuffle.migrate import find_prefix
+    from deconv2shuffle.core.keys import find_prefix
 
     assert find_prefix(["net_g.up.weight", "net_g.up.bias"], "up") == "net_g."
     with pytest.raises(SpecError, match="several prefixes"):

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .errors import Deconv2ShuffleError, SpecError
+from ..core.sources import Sources, load_sources
+from ..errors import Deconv2ShuffleError, SpecError, UsageError
+from .files import ReadOptions, write_json
+from .single import migrate
 
 CHECKPOINT_PATTERNS = ("*.pth", "*.pt", "*.bin", "*.ckpt", "*.safetensors", "*.safetensors.index.json")
 _SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -26,6 +29,8 @@ _SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", "
 
 @dataclass
 class FileResult:
+    """What happened to one file of a batch."""
+
     input: str
     output: str
     status: str  # converted | skipped | failed
@@ -39,6 +44,8 @@ class FileResult:
 
 @dataclass
 class BatchResult:
+    """Every file of a batch, in input order, and the time it took."""
+
     input_dir: str
     output_dir: str
     shard: str | None
@@ -46,13 +53,16 @@ class BatchResult:
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
+        """How many files have ``status`` (converted, skipped or failed)."""
         return sum(f.status == status for f in self.files)
 
     @property
     def ok(self) -> bool:
+        """No file failed."""
         return self.count("failed") == 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data, with the counts and ``ok``."""
         data = asdict(self)
         data.update(
             converted=self.count("converted"), skipped=self.count("skipped"), failed=self.count("failed"), ok=self.ok
@@ -61,6 +71,7 @@ class BatchResult:
 
 
 def stem(path: Path) -> str:
+    """The file name without its checkpoint suffix (``m.safetensors.index.json`` -> ``m``)."""
     name = path.name
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
@@ -69,22 +80,22 @@ def stem(path: Path) -> str:
 
 
 def sidecar(path: Path) -> Path:
+    """The spec beside a checkpoint: ``gen.pth`` -> ``gen.toml``."""
     return path.with_name(stem(path) + ".toml")
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if not text:
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Validate ``shard=(i, n)``: ``0 <= i < n``."""
+    if shard is None:
         return None
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise SpecError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    i, n = shard
     if n < 1 or not 0 <= i < n:
-        raise SpecError(f"--shard {text!r}: need 0 <= I < N")
+        raise UsageError(f"shard={shard!r}: need 0 <= i < n (i counts from 0)")
     return i, n
 
 
 def in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
+    """Whether the file at relative path ``rel`` belongs to ``shard`` (by a hash of the path)."""
     if shard is None:
         return True
     digest = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big")
@@ -110,6 +121,7 @@ def find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> li
 
 
 def output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
+    """Where ``src`` is written: the same relative path under ``out_dir``, with ``to``'s extension."""
     rel = src.relative_to(in_dir)
     dst = out_dir / rel
     if to == "same":
@@ -119,6 +131,7 @@ def output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
 
 
 def up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
+    """Whether ``dst`` is newer than its input and spec."""
     if not dst.exists():
         return False
     newest = src.stat().st_mtime
@@ -127,12 +140,10 @@ def up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
     return dst.stat().st_mtime >= newest
 
 
-_SOURCES: dict[tuple[Any, ...], Any] = {}  # per process: a spec or model shared by many files is loaded once
+_SOURCES: dict[tuple[Any, ...], Sources] = {}  # per process: a spec or model shared by many files is loaded once
 
 
-def _sources_for(job: dict[str, Any]) -> Any:
-    from .migrate import load_sources
-
+def _sources_for(job: dict[str, Any]) -> Sources:
     names = ("spec", "source_model", "target_model", "source_args", "target_args")
     args: list[Any] = [job.get(n) for n in names]
     key = (*args, Path(args[0]).stat().st_mtime_ns if args[0] and Path(args[0]).is_file() else None)
@@ -142,9 +153,15 @@ def _sources_for(job: dict[str, Any]) -> Any:
 
 
 def convert_one(job: dict[str, Any]) -> FileResult:
-    """Convert one file; every failure becomes a failed FileResult with the one-line message."""
-    from .migrate import migrate
+    """Convert one file; every failure becomes a failed FileResult with the one-line message.
 
+    Args:
+        job: ``input``, ``output``, ``spec``, the model references, and :func:`migrate`'s options
+            (plain data, so it can be sent to a worker process).
+
+    Returns:
+        The file's result.
+    """
     start = time.perf_counter()
     src, dst = Path(job["input"]), Path(job["output"])
     result = FileResult(input=str(src), output=str(dst), status="failed", spec=job.get("spec"))
@@ -158,6 +175,7 @@ def convert_one(job: dict[str, Any]) -> FileResult:
             approx=job.get("approx", False),
             force=True,
             trust_pickle=job.get("trust_pickle", False),
+            allow_globals=job.get("allow_globals", ()),
             state_dict_key=job.get("state_dict_key"),
         )
         result.status = "converted"
@@ -185,24 +203,51 @@ def run_batch(
     recursive: bool = False,
     jobs: int = 1,
     force: bool = False,
-    shard: str | None = None,
+    shard: tuple[int, int] | None = None,
     approx: bool = False,
     to: str = "same",
     trust_pickle: bool = False,
+    allow_globals: Sequence[str] = (),
     state_dict_key: str | None = None,
+    report_path: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
 ) -> BatchResult:
+    """Convert every checkpoint in a folder into a mirror folder.
+
+    Args:
+        in_dir: the folder of checkpoints (never written to).
+        out_dir: the folder for the results; must differ from ``in_dir``.
+        spec, source_model, target_model, source_args, target_args: for every file; without
+            them each file needs a sidecar spec (``gen.pth`` + ``gen.toml``).
+        patterns: file name patterns to convert.
+        recursive: descend into subfolders.
+        jobs: worker processes.
+        force: redo outputs that are already newer than their input and spec.
+        shard: ``(i, n)``: convert only the files whose path hashes to ``i`` modulo ``n``.
+        approx, trust_pickle, allow_globals, state_dict_key: as for :func:`migrate`.
+        to: output format: ``"same"``, ``"safetensors"`` or ``"pth"``.
+        report_path: also write the result as JSON here.
+        on_start: called with the number of files before the work starts.
+        on_file: called with each file's result as it finishes.
+
+    Returns:
+        The :class:`BatchResult`; a failed file is recorded there and does not stop the others.
+
+    Raises:
+        UsageError: bad ``to``, ``jobs``, ``shard``, or ``out_dir`` equal to ``in_dir``.
+    """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if to not in ("same", "safetensors", "pth"):
-        raise SpecError(f"--to {to!r}: expected same, safetensors or pth")
+        raise UsageError(f"to={to!r}: expected 'same', 'safetensors' or 'pth'")
     if jobs < 1:
-        raise SpecError("--jobs must be >= 1")
+        raise UsageError(f"jobs={jobs!r}: must be >= 1")
     if out_dir.resolve() == in_dir.resolve():
-        raise SpecError(
+        raise UsageError(
             f"{out_dir}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
-    chosen = parse_shard(shard)
+    chosen = check_shard(shard)
+    ReadOptions.make(state_dict_key, trust_pickle, allow_globals)  # validated once, before any file
     start = time.perf_counter()
     out_dir_r = out_dir.resolve()
     files = [
@@ -210,55 +255,72 @@ def run_batch(
         for p in find_checkpoints(in_dir, patterns, recursive)
         if in_shard(str(p.relative_to(in_dir)), chosen) and not p.resolve().is_relative_to(out_dir_r)
     ]
-    result = BatchResult(str(in_dir), str(out_dir), shard)
-    shared = spec is not None or source_model is not None
-    todo: list[dict[str, Any]] = []
-    for src in files:
-        dst = output_path(src, in_dir, out_dir, to)
-        spec_path = Path(spec) if spec is not None else (sidecar(src) if sidecar(src).exists() else None)
-        if not shared and spec_path is None:
-            r = FileResult(
-                str(src), str(dst), "failed", error=f"{src}: no spec; add {sidecar(src).name} beside it or pass --spec"
-            )
-            result.files.append(r)
-            continue
-        if not force and up_to_date(src, dst, spec_path):
-            result.files.append(FileResult(str(src), str(dst), "skipped", spec=str(spec_path) if spec_path else None))
-            continue
-        todo.append(
-            {
-                "input": str(src),
-                "output": str(dst),
-                "spec": str(spec_path) if spec_path else None,
-                "source_model": source_model,
-                "target_model": target_model,
-                "source_args": source_args,
-                "target_args": target_args,
-                "approx": approx,
-                "trust_pickle": trust_pickle,
-                "state_dict_key": state_dict_key,
-            }
-        )
+    result = BatchResult(str(in_dir), str(out_dir), None if chosen is None else f"{chosen[0]}/{chosen[1]}")
+    common = {
+        "source_model": source_model,
+        "target_model": target_model,
+        "source_args": source_args,
+        "target_args": target_args,
+        "approx": approx,
+        "trust_pickle": trust_pickle,
+        "allow_globals": list(allow_globals),
+        "state_dict_key": state_dict_key,
+    }
+    todo = _plan_jobs(files, in_dir, out_dir, to, spec, force, common, result)
     if on_start:
         on_start(len(files))
     for r in result.files:
         if on_file:
             on_file(r)
-    if jobs == 1 or len(todo) <= 1:
-        for job in todo:
-            r = convert_one(job)
-            result.files.append(r)
-            if on_file:
-                on_file(r)
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(convert_one, job) for job in todo]
-            for fut in as_completed(futures):
-                r = fut.result()
-                result.files.append(r)
-                if on_file:
-                    on_file(r)
+    result.files.extend(_run_jobs(todo, jobs, on_file))
     order = {str(p): i for i, p in enumerate(files)}
     result.files.sort(key=lambda f: order.get(f.input, 0))
     result.seconds = time.perf_counter() - start
+    if report_path is not None:
+        write_json(report_path, result.to_dict())
     return result
+
+
+def _plan_jobs(
+    files: list[Path],
+    in_dir: Path,
+    out_dir: Path,
+    to: str,
+    spec: str | Path | None,
+    force: bool,
+    common: dict[str, Any],
+    result: BatchResult,
+) -> list[dict[str, Any]]:
+    """A job per file to convert; files without a spec, and those up to date, go straight into ``result``."""
+    shared = spec is not None or common["source_model"] is not None
+    todo: list[dict[str, Any]] = []
+    for src in files:
+        dst = output_path(src, in_dir, out_dir, to)
+        spec_path = Path(spec) if spec is not None else (sidecar(src) if sidecar(src).exists() else None)
+        if not shared and spec_path is None:
+            error = f"{src}: no spec; add {sidecar(src).name} beside it or pass spec='spec.toml' for every file"
+            result.files.append(FileResult(str(src), str(dst), "failed", error=error))
+        elif not force and up_to_date(src, dst, spec_path):
+            result.files.append(FileResult(str(src), str(dst), "skipped", spec=str(spec_path) if spec_path else None))
+        else:
+            spec_text = str(spec_path) if spec_path else None
+            todo.append({"input": str(src), "output": str(dst), "spec": spec_text, **common})
+    return todo
+
+
+def _run_jobs(todo: list[dict[str, Any]], jobs: int, on_file: Callable[[FileResult], None] | None) -> list[FileResult]:
+    done: list[FileResult] = []
+
+    def finished(r: FileResult) -> None:
+        done.append(r)
+        if on_file:
+            on_file(r)
+
+    if jobs == 1 or len(todo) <= 1:
+        for job in todo:
+            finished(convert_one(job))
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(convert_one, job) for job in todo]):
+                finished(fut.result())
+    return done
