@@ -54,12 +54,15 @@ class MigrationReport:
     ok: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (what ``--json`` prints)."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """Indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def to_markdown(self) -> str:
+        """A Markdown summary with one table row per converted layer."""
         lines = [f"# deconv2shuffle migration: {'ok' if self.ok else 'FAILED'}", ""]
         if self.source_file:
             lines.append(

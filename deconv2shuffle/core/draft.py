@@ -69,7 +69,7 @@ def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "check
     comments = [
         f"DRAFT written by deconv2shuffle {__version__} from {checkpoint}: every layer below is a GUESS.",
         "A checkpoint cannot tell stride or padding; check each against the model that was trained,",
-        "or write the spec from the model class: deconv2shuffle spec --source-model file.py:Name",
+        "or draft the spec from the model class instead, which knows them exactly.",
     ]
     layers = []
     for g in guesses:

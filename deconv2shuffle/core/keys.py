@@ -19,7 +19,7 @@ from ..rewrite import WEIGHT_NORM_LAYOUTS
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.", "model.module.", "module._orig_mod.", "_orig_mod.module.")
 
 
-def weight_suffixes() -> list[str]:
+def _weight_suffixes() -> list[str]:
     """The key suffixes under which a layer's weight can be stored (plain or weight norm).
 
     Returns:
@@ -43,7 +43,7 @@ def find_prefix(keys: Sequence[str], module: str, source_name: str = "checkpoint
     Raises:
         SpecError: no key holds the weight, or several prefixes do.
     """
-    wanted = [f"{module}.{s}" for s in weight_suffixes()]
+    wanted = [f"{module}.{s}" for s in _weight_suffixes()]
     keyset = set(keys)
     for prefix in ("", *KNOWN_PREFIXES):
         if any(prefix + w in keyset for w in wanted):

@@ -70,7 +70,7 @@ class BatchResult:
         return data
 
 
-def stem(path: Path) -> str:
+def _stem(path: Path) -> str:
     """The file name without its checkpoint suffix (``m.safetensors.index.json`` -> ``m``)."""
     name = path.name
     for suffix in _SUFFIXES:
@@ -79,12 +79,12 @@ def stem(path: Path) -> str:
     return path.stem
 
 
-def sidecar(path: Path) -> Path:
+def _sidecar(path: Path) -> Path:
     """The spec beside a checkpoint: ``gen.pth`` -> ``gen.toml``."""
-    return path.with_name(stem(path) + ".toml")
+    return path.with_name(_stem(path) + ".toml")
 
 
-def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
     """Validate ``shard=(i, n)``: ``0 <= i < n``."""
     if shard is None:
         return None
@@ -94,7 +94,7 @@ def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
     return i, n
 
 
-def in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
+def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
     """Whether the file at relative path ``rel`` belongs to ``shard`` (by a hash of the path)."""
     if shard is None:
         return True
@@ -102,7 +102,7 @@ def in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
     return digest % shard[1] == shard[0]
 
 
-def find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> list[Path]:
+def _find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> list[Path]:
     """Checkpoint files under ``root`` (shards listed by an index count as part of that index)."""
     if not root.is_dir():
         raise SpecError(f"{root}: not a folder")
@@ -120,17 +120,17 @@ def find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> li
     return sorted((p for p in found - shards if not p.name.startswith(".")), key=lambda p: str(p.relative_to(root)))
 
 
-def output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
+def _output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
     """Where ``src`` is written: the same relative path under ``out_dir``, with ``to``'s extension."""
     rel = src.relative_to(in_dir)
     dst = out_dir / rel
     if to == "same":
         return dst
     ext = {"safetensors": ".safetensors", "pth": ".pth"}[to]
-    return dst.with_name(stem(src) + ext)
+    return dst.with_name(_stem(src) + ext)
 
 
-def up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
+def _up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
     """Whether ``dst`` is newer than its input and spec."""
     if not dst.exists():
         return False
@@ -152,7 +152,7 @@ def _sources_for(job: dict[str, Any]) -> Sources:
     return _SOURCES[key]
 
 
-def convert_one(job: dict[str, Any]) -> FileResult:
+def _convert_one(job: dict[str, Any]) -> FileResult:
     """Convert one file; every failure becomes a failed FileResult with the one-line message.
 
     Args:
@@ -246,14 +246,14 @@ def run_batch(
         raise UsageError(
             f"{out_dir}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
-    chosen = check_shard(shard)
+    chosen = _check_shard(shard)
     ReadOptions.make(state_dict_key, trust_pickle, allow_globals)  # validated once, before any file
     start = time.perf_counter()
     out_dir_r = out_dir.resolve()
     files = [
         p
-        for p in find_checkpoints(in_dir, patterns, recursive)
-        if in_shard(str(p.relative_to(in_dir)), chosen) and not p.resolve().is_relative_to(out_dir_r)
+        for p in _find_checkpoints(in_dir, patterns, recursive)
+        if _in_shard(str(p.relative_to(in_dir)), chosen) and not p.resolve().is_relative_to(out_dir_r)
     ]
     result = BatchResult(str(in_dir), str(out_dir), None if chosen is None else f"{chosen[0]}/{chosen[1]}")
     common = {
@@ -295,12 +295,12 @@ def _plan_jobs(
     shared = spec is not None or common["source_model"] is not None
     todo: list[dict[str, Any]] = []
     for src in files:
-        dst = output_path(src, in_dir, out_dir, to)
-        spec_path = Path(spec) if spec is not None else (sidecar(src) if sidecar(src).exists() else None)
+        dst = _output_path(src, in_dir, out_dir, to)
+        spec_path = Path(spec) if spec is not None else (_sidecar(src) if _sidecar(src).exists() else None)
         if not shared and spec_path is None:
-            error = f"{src}: no spec; add {sidecar(src).name} beside it or pass spec='spec.toml' for every file"
+            error = f"{src}: no spec; add {_sidecar(src).name} beside it or pass spec='spec.toml' for every file"
             result.files.append(FileResult(str(src), str(dst), "failed", error=error))
-        elif not force and up_to_date(src, dst, spec_path):
+        elif not force and _up_to_date(src, dst, spec_path):
             result.files.append(FileResult(str(src), str(dst), "skipped", spec=str(spec_path) if spec_path else None))
         else:
             spec_text = str(spec_path) if spec_path else None
@@ -318,9 +318,9 @@ def _run_jobs(todo: list[dict[str, Any]], jobs: int, on_file: Callable[[FileResu
 
     if jobs == 1 or len(todo) <= 1:
         for job in todo:
-            finished(convert_one(job))
+            finished(_convert_one(job))
     else:
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(convert_one, job) for job in todo]):
+            for fut in as_completed([pool.submit(_convert_one, job) for job in todo]):
                 finished(fut.result())
     return done

@@ -152,7 +152,7 @@ def bench_module(
     )
 
 
-def pick_device(device: str) -> str:
+def _pick_device(device: str) -> str:
     """``"auto"`` -> CUDA when present, else CPU; a CUDA request without CUDA is refused."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -293,7 +293,7 @@ def run_bench(
     Raises:
         UsageError: none of the three ways is given, or ``kernel`` without ``stride``.
     """
-    dev = pick_device(device)
+    dev = _pick_device(device)
     if kernel is not None:
         if stride is None:
             raise UsageError("kernel= needs stride= too")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..checkpoint import Checkpoint, check_output, output_format, save_checkpoint
+from ..checkpoint import TORCH_ZIP, Checkpoint, check_output, output_format, save_checkpoint
 from ..core.convert import Conversion, convert_state_dict
 from ..core.keys import KeyRules
 from ..core.optimizer import remap_container
@@ -23,8 +23,6 @@ from ..core.verify import DEFAULT_TOLERANCE, Tolerance, end_to_end
 from ..errors import Deconv2ShuffleError, UsageError, VerificationError
 from ..report import MigrationReport
 from .files import ReadOptions, write_report
-
-TORCH_ZIP = "torch-zip"
 
 
 def migrate(
