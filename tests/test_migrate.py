@@ -464,6 +464,10 @@ def test_spec_with_unicode_round_trips_through_dump_and_parse(tmp_path):
     )
     text = dump_spec(spec, ["made for a test", "second line: 😀"])
     assert text.startswith("# made for a test\n# second line: 😀\n")
+    assert (
+        text.count("\n[[layers]]\n") == 1
+        and parse_spec(text).layers[0].line == text.splitlines().index("[[layers]]") + 1
+    )
     back = parse_spec(text)
     assert back.layers == [
         LayerSpec(

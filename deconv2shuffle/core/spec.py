@@ -293,6 +293,13 @@ def _layer_table(layer: LayerSpec) -> dict[str, Any]:
     return table
 
 
+def _dumps(data: dict[str, Any]) -> str:
+    try:
+        return tomli_w.dumps(data)
+    except TypeError as e:
+        raise SpecError(f"cannot write this spec as TOML ({e})") from None
+
+
 def dump_spec(spec: Spec, comments: Sequence[str] = ()) -> str:
     """TOML text for ``spec`` (what ``deconv2shuffle spec`` prints); :func:`parse_spec` reads it back.
 
@@ -306,17 +313,17 @@ def dump_spec(spec: Spec, comments: Sequence[str] = ()) -> str:
     Raises:
         SpecError: a ``[models]`` value TOML cannot hold.
     """
-    data: dict[str, Any] = {"version": 1}
+    # every key and value is written by tomli-w; the [[layers]] headers are spelled out because
+    # tomli-w would inline short tables, and parse_spec names each layer by its header's line
+    top: dict[str, Any] = {"version": 1}
     if spec.drop:
-        data["drop"] = list(spec.drop)
-    data["layers"] = [_layer_table(layer) for layer in spec.layers]
+        top["drop"] = list(spec.drop)
+    parts = [_dumps(top)]
+    parts += [f"[[layers]]\n{_dumps(_layer_table(layer))}" for layer in spec.layers]
     if spec.models:
-        data["models"] = dict(spec.models)
+        parts.append(_dumps({"models": dict(spec.models)}))
     if spec.rename:
-        data["rename"] = dict(spec.rename)
-    try:
-        text = tomli_w.dumps(data)
-    except TypeError as e:
-        raise SpecError(f"cannot write this spec as TOML ({e})") from None
+        parts.append(_dumps({"rename": dict(spec.rename)}))
+    text = "\n".join(parts)
     head = "".join(f"# {line}\n" for c in comments for line in (c.splitlines() or [""]))
     return head + text
