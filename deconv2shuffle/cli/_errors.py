@@ -140,7 +140,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             _render.error("interrupted; no partial output was left")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter):  # typer's own: usage errors keep exit 2
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: usage errors keep exit 2
             raise
         except Exception as e:
             if DEBUG["on"]:
