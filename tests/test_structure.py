@@ -24,6 +24,7 @@ SIZE_EXEMPT = {"deconv2shuffle/checkpoint.py"}
 COMPLEXITY_EXEMPT: set[str] = set()
 # exported engine and I/O functions whose docstrings do not yet have Args/Returns sections
 DOCS_PENDING = {
+    "cheapest",
     "convert_model",
     "explain_mismatch",
     "fit",
@@ -104,8 +105,8 @@ def test_the_complexity_check_catches_a_complex_function(tmp_path):
 
 # a module of the left may not import any module of the right (a layer imports only from below)
 FORBIDDEN = [
-    (("errors", "report"), ("geometry", "rewrite", "nn", "checkpoint", "io", "core", "pipeline", "cli")),
-    (("geometry", "rewrite", "nn"), ("checkpoint", "io", "core", "pipeline", "cli")),
+    (("errors", "report"), ("transposed", "geometry", "rewrite", "nn", "checkpoint", "io", "core", "pipeline", "cli")),
+    (("transposed", "geometry", "rewrite", "nn"), ("checkpoint", "io", "core", "pipeline", "cli")),
     (("checkpoint", "io"), ("core", "pipeline", "cli")),
     (("core",), ("pipeline", "cli")),
     (("pipeline",), ("cli",)),
