@@ -9,7 +9,11 @@ from typing import Any
 
 @dataclass
 class LayerResult:
-    """One converted layer: keys, shapes, target geometry, measured error and cost."""
+    """One converted layer: keys, shapes, target geometry, measured error and cost.
+
+    ``crop_start`` / ``crop_end``: cells cropped from each axis's start / end after the shuffle;
+    ``shift``: the phase shift, ``crop_start mod stride``.
+    """
 
     source: str
     target: str
@@ -23,10 +27,13 @@ class LayerResult:
     max_rel_error: float
     target_kernel_size: list[int]
     target_padding: list[int] | list[list[int]]
-    crop: list[int]
+    crop: list[int]  # the end crop, as ``crop_end`` (kept under its old name)
     macs_ratio: float
     dropped_mass: float = 0.0
     weight_norm_folded: bool = False
+    crop_start: list[int] = field(default_factory=list)
+    crop_end: list[int] = field(default_factory=list)
+    shift: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -85,16 +92,17 @@ class MigrationReport:
             )
         lines += [
             "",
-            "| source | target | geometry | old shape | new shape | target conv | crop | exact "
+            "| source | target | geometry | old shape | new shape | target conv | crop start | crop end | exact "
             "| max abs error | MACs ratio |",
         ]
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for layer in self.layers:
             lines.append(
                 f"| `{layer.source}` | `{layer.target}` | {layer.source_geometry} | {tuple(layer.old_shape)} | "
                 f"{tuple(layer.new_shape)} | k{format_axes(layer.target_kernel_size)} "
                 f"p{format_axes(layer.target_padding)} | "
-                f"{format_axes(layer.crop)} | {'yes' if layer.exact else f'no (dropped {layer.dropped_mass:.3g})'} | "
+                f"{format_axes(layer.crop_start)} | {format_axes(layer.crop_end)} | "
+                f"{'yes' if layer.exact else f'no (dropped {layer.dropped_mass:.3g})'} | "
                 f"{layer.max_abs_error:.3g} | {layer.macs_ratio:.2f} |"
             )
         for title, items in (

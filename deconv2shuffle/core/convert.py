@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConversionError, SpecError, VerificationError
-from ..geometry import SubPixelPlan
+from ..geometry import Mode, SubPixelPlan, TargetGeometry
 from ..report import LayerResult, MigrationReport
 from ..rewrite import Rewritten, transposed_to_subpixel
 from .keys import KeyRules, find_prefix, strip_prefix
 from .models import TargetConv
 from .optimizer import identity
-from .planning import LocatedLayer, check_exact, check_target_conv, locate_layer, plan_layer
+from .planning import LocatedLayer, check_exact, check_target_conv, crop_note, locate_layer, plan_layer
 from .sources import Target
 from .spec import LayerSpec
 from .verify import DEFAULT_TOLERANCE, Tolerance, verify_layer
@@ -33,13 +33,15 @@ class Conversion:
 
     ``key_map`` maps each old key to its new key (``None``: gone) and the transform a tensor of
     that parameter's shape needs (for optimizer moments); ``converted_keys`` are the new keys that
-    hold converted tensors.
+    hold converted tensors; ``targets`` maps each converted layer's module path to the target
+    geometry it was written for (what ``convert_model(model, targets=...)`` builds the same way).
     """
 
     state_dict: dict[str, torch.Tensor]
     report: MigrationReport
     key_map: KeyMap
     converted_keys: set[str]
+    targets: dict[str, TargetGeometry] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class _Work:
     used: set[str] = field(default_factory=set)
     key_map: KeyMap = field(default_factory=dict)
     converted: set[int] = field(default_factory=set)  # ids of the new tensors
+    targets: dict[str, TargetGeometry] = field(default_factory=dict)
 
 
 def convert_state_dict(
@@ -65,6 +68,7 @@ def convert_state_dict(
     allow_missing: bool = False,
     drop_unexpected: bool = False,
     source_name: str = "checkpoint",
+    geometry: Mode = "minimal",
 ) -> Conversion:
     """Convert the listed layers of ``state`` and carry every other key over (copied, renamed or dropped).
 
@@ -80,6 +84,9 @@ def convert_state_dict(
         allow_missing: accept target keys the result does not fill.
         drop_unexpected: leave out keys the target model does not have.
         source_name: the file the state comes from, for messages.
+        geometry: the exact form of a layer that neither a target conv nor the spec fixes:
+            ``"minimal"`` (the fewest multiply-adds; what ``convert_model`` builds by default),
+            ``"tight"`` or ``"symmetric"``. A spec layer's own ``geometry`` comes first.
 
     Returns:
         The :class:`Conversion`.
@@ -98,14 +105,14 @@ def convert_state_dict(
     report.key_prefix = find_prefix(list(state), layers[0].source, source_name)
     work = _Work(report)
     for layer in layers:
-        _convert_layer(state, layer, work, target, approx, Tolerance(tolerance), source_name)
+        _convert_layer(state, layer, work, target, approx, Tolerance(tolerance), source_name, geometry)
     out = _carry_keys(state, work, rules)
     if target is not None:
         out = _match_target(out, target, work, allow_missing, drop_unexpected, source_name)
     report.ok = True
     # the converted tensors under whatever names they ended with (a prefix may have been removed)
     converted_keys = {k for k, v in out.items() if id(v) in work.converted}
-    return Conversion(out, report, work.key_map, converted_keys)
+    return Conversion(out, report, work.key_map, converted_keys, work.targets)
 
 
 def _target_conv(layer: LayerSpec, target: Target | None) -> TargetConv | None:
@@ -129,16 +136,22 @@ def _convert_layer(
     approx: bool,
     tolerance: Tolerance,
     source_name: str,
+    geometry: Mode,
 ) -> None:
     located = locate_layer(state, layer.source, source_name)
     found = located.weights
     if any(k in work.used for k in found.keys):
         raise SpecError(f"layer {layer.source!r} is listed twice")
     conv = _target_conv(layer, target)
-    plan = plan_layer(layer, found.weight, conv)
+    plan = plan_layer(layer, found.weight, conv, geometry=geometry)
     if conv is not None:
         check_target_conv(layer, found.weight, found.bias is not None, plan, conv)
     check_exact(layer, plan, approx)
+    written_by_hand = layer.target_kernel_size is not None or (conv is not None and conv.geometry is None)
+    note = crop_note(layer, plan) if written_by_hand else None
+    if note:
+        work.report.notes.append(note)
+    work.targets[layer.source] = plan.target
     new = transposed_to_subpixel(found.weight, found.bias, plan, approx=approx)
     abs_err, rel_err = verify_layer(found.weight, found.bias, new.weight, new.bias, plan)
     if plan.exact and not tolerance.layer_ok(rel_err):
@@ -216,8 +229,11 @@ def _layer_result(
         max_rel_error=rel_err,
         target_kernel_size=list(target.kernel_size),
         target_padding=target_pad,
-        crop=list(plan.crop),
+        crop=list(plan.crop_end),
         macs_ratio=plan.macs_ratio,
+        crop_start=list(plan.crop_start),
+        crop_end=list(plan.crop_end),
+        shift=list(plan.shift),
         dropped_mass=new.dropped_mass,
         weight_norm_folded=located.weights.folded,
     )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..geometry import TargetGeometry
 from ..nn import _TRANSPOSED, PixelShuffle, _SubPixelConvTranspose, transposed_spec
 from .spec import LayerSpec
 
@@ -125,6 +126,7 @@ class TargetConv:
     factors: tuple[int, ...] | None
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
+    geometry: TargetGeometry | None = None  # a converted layer's conv: its padding and crops, as it applies them
 
     @property
     def rank(self) -> int:
@@ -195,9 +197,12 @@ def _registered_shuffles(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def target_convs(model: nn.Module) -> dict[str, TargetConv]:
     """Every stride-1 conv of the target model with the shuffle factor that follows it."""
     shuffles: dict[str, tuple[int, ...]] = {}
+    geometries: dict[str, TargetGeometry] = {}
     for name, module in model.named_modules():
         if isinstance(module, _SubPixelConvTranspose):
-            shuffles[f"{name}.conv" if name else "conv"] = module.plan.factors
+            conv_name = f"{name}.conv" if name else "conv"
+            shuffles[conv_name] = module.plan.factors
+            geometries[conv_name] = module.plan.target
     traced = _traced_shuffles(model)
     shuffles.update(traced if traced is not None else _registered_shuffles(model))
     out = {}
@@ -220,6 +225,7 @@ def target_convs(model: nn.Module) -> dict[str, TargetConv]:
                 factors=shuffles.get(name),
                 stride=tuple(module.stride),
                 dilation=tuple(module.dilation),
+                geometry=geometries.get(name),
             )
     return out
 

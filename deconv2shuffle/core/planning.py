@@ -12,8 +12,19 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConversionError, InexactTargetError, SpecError
-from ..geometry import SubPixelPlan, TargetGeometry, TransposedConv, explain_mismatch, fit, smallest
+from ..geometry import (
+    AxisPlan,
+    Mode,
+    SubPixelPlan,
+    TargetGeometry,
+    TransposedConv,
+    explain_mismatch,
+    fit,
+    plan_axes,
+    smallest,
+)
 from ..rewrite import LayerWeights, layer_weights
+from ..transposed import _per_axis
 from .keys import find_prefix
 from .models import TargetConv
 from .spec import LayerSpec
@@ -54,22 +65,27 @@ def locate_layer(state: Mapping[str, torch.Tensor], module: str, source_name: st
     return LocatedLayer(module, prefix, found)
 
 
-def plan_layer(layer: LayerSpec, weight: torch.Tensor, conv: TargetConv | None = None) -> SubPixelPlan:
+def plan_layer(
+    layer: LayerSpec, weight: torch.Tensor, conv: TargetConv | None = None, *, geometry: Mode = "minimal"
+) -> SubPixelPlan:
     """The sub-pixel plan for one ConvTranspose layer.
 
     Args:
         layer: the layer's hyperparameters (stride, padding...; kernel and rank come from ``weight``).
         weight: its ConvTranspose weight, ``(C_in, C_out / groups, *kernel)``.
         conv: the target model's conv for this layer, when a target model is known: its geometry
-            decides; otherwise the spec's ``target_kernel_size`` / ``target_padding``, else the
-            smallest exact geometry.
+            decides (see :func:`fit_conv`); otherwise the spec's ``target_kernel_size`` /
+            ``target_padding``, else the exact form ``layer.geometry`` or ``geometry`` names.
+        geometry: the form when neither a target conv nor the spec says: ``"minimal"`` (the fewest
+            multiply-adds, cropping both ends), ``"tight"`` or ``"symmetric"`` (``ConvNd(padding=P)``
+            + shuffle, cropping the end only).
 
     Returns:
         The plan (exact or not: see ``plan.exact``).
 
     Raises:
         ConversionError: a weight that is not a 1D/2D/3D ConvTranspose weight for these groups.
-        GeometryError: invalid hyperparameters.
+        GeometryError: invalid hyperparameters or geometry.
     """
     rank = weight.dim() - 2
     if rank not in (1, 2, 3):
@@ -88,11 +104,81 @@ def plan_layer(layer: LayerSpec, weight: torch.Tensor, conv: TargetConv | None =
     if weight.shape[0] % geo.groups:
         raise ConversionError(f"layer {layer.source!r}: C_in {weight.shape[0]} is not divisible by groups {geo.groups}")
     if layer.target_kernel_size is not None:
-        padding = layer.target_padding if layer.target_padding is not None else 0
-        return fit(geo, (layer.target_kernel_size, padding))
+        kernel = _per_axis(layer.target_kernel_size, rank, "target_kernel_size")
+        padding = _per_axis(layer.target_padding if layer.target_padding is not None else 0, rank, "target_padding")
+        return fit_conv(geo, kernel, padding, padding)
     if conv is not None:
-        return fit(geo, TargetGeometry(conv.kernel_size, conv.padding, conv.padding))
-    return smallest(geo)
+        if conv.geometry is not None:  # a converted layer: it pads and crops as its plan says
+            return fit(geo, conv.geometry)
+        return fit_conv(geo, conv.kernel_size, conv.padding, conv.padding)
+    return smallest(geo, layer.geometry or geometry)  # type: ignore[arg-type]  # the spec checked the name
+
+
+def _axis_exact(ax: AxisPlan, kernel: int, pad_before: int, pad_after: int) -> bool:
+    inside = all(0 <= tap.offset + pad_before < kernel for tap in ax.taps)
+    return inside and pad_before + pad_after - kernel + 1 >= ax.extra_cells
+
+
+def fit_conv(
+    source: TransposedConv, kernel: tuple[int, ...], pad_before: tuple[int, ...], pad_after: tuple[int, ...]
+) -> SubPixelPlan:
+    """Place ``source`` into a conv whose kernel and padding are given (a hand-written target).
+
+    A conv alone does not say where its forward crops the shuffled output, so per axis the
+    smallest start crop that makes the layer exact is taken: none for the usual symmetric form
+    (``3x3 pad 1`` for k4 s2 p1), one cell for its minimal form (``2x2 pad 1``, which a forward
+    crops as ``y[..., 1:-1, 1:-1]``; :func:`forward_crop` writes that slice). When no crop is exact,
+    the plan with no start crop, and its reasons.
+    """
+    crops = []
+    for ax, K, pb, pa in zip(plan_axes(source), kernel, pad_before, pad_after, strict=True):
+        # beyond this start crop every tap offset is below -pad_before: nothing can fit
+        last = ax.stride * (pb + 1) + ax.padding
+        found = (
+            c
+            for c in range(last + 1)
+            if _axis_exact(
+                AxisPlan.build(
+                    ax.kernel,
+                    ax.stride,
+                    ax.padding,
+                    ax.output_padding,
+                    ax.dilation,
+                    padding_end=ax.pad_end,
+                    crop_start=c,
+                ),
+                K,
+                pb,
+                pa,
+            )
+        )
+        crops.append(next(found, 0))
+    return fit(source, TargetGeometry(tuple(kernel), tuple(pad_before), tuple(pad_after), tuple(crops)))
+
+
+def forward_crop(plan: SubPixelPlan) -> str:
+    """The slice a hand-written forward applies to the shuffled output, ``"y[..., 1:-1, 1:-1]"``; ``""`` if none.
+
+    Rows: the start crop (:attr:`SubPixelPlan.crop_start`) and the end crop
+    (:attr:`SubPixelPlan.crop_end`) of each axis, for the layer's default output length
+    (``output_size`` in the ConvTranspose call asks for up to ``stride - 1`` more cells).
+    """
+    if not any(plan.crop_start) and not any(plan.crop_end):
+        return ""
+    parts = [f"{start or ''}:{-end if end else ''}" for start, end in zip(plan.crop_start, plan.crop_end, strict=True)]
+    return f"y[..., {', '.join(parts)}]"
+
+
+def crop_note(layer: LayerSpec, plan: SubPixelPlan) -> str | None:
+    """What a hand-written target's forward must do after the shuffle, when it must crop at all."""
+    slc = forward_crop(plan)
+    if not slc:
+        return None
+    r = plan.factors[0] if len(set(plan.factors)) == 1 else plan.factors
+    return (
+        f"{layer.source}: target conv {plan.target.describe()} holds the layer when its forward crops the shuffled "
+        f"output: y = pixel_shuffle(conv(x), {r}); {slc}"
+    )
 
 
 def check_exact(layer: LayerSpec, plan: SubPixelPlan, approx: bool) -> None:

@@ -8,8 +8,9 @@ source = "decoder.up"       # module path of the ConvTranspose in the old checkp
 target = "decoder.up.conv"  # module path of the Conv in the new one (default "<source>.conv")
 stride = 2                  # int or one per spatial axis (required)
 padding = 1                 # also output_padding, dilation, groups
-target_kernel_size = 3      # optional; omitted = the smallest exact kernel
+target_kernel_size = 3      # optional; omitted = the cheapest exact conv (see geometry)
 target_padding = 1          # optional
+geometry = "minimal"        # optional, also top-level: "minimal" (default), "tight" or "symmetric"
 [rename]                    # regex -> replacement, in order, for every other key
 "^backbone\\." = "encoder."
 ```
@@ -21,7 +22,7 @@ import difflib
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ LAYER_KEYS = (
     "groups",
     "target_kernel_size",
     "target_padding",
+    "geometry",
 )
-TOP_KEYS = ("version", "layers", "rename", "drop", "models")
+TOP_KEYS = ("version", "geometry", "layers", "rename", "drop", "models")
+GEOMETRIES = ("minimal", "tight", "symmetric")
 MODEL_KEYS = ("source", "target", "source_args", "target_args", "input_shape")
 _MINIMUMS = {
     "stride": 1,
@@ -74,6 +77,7 @@ class LayerSpec:
     target_kernel_size: IntOrTuple | None = None
     target_padding: IntOrTuple | None = None
     line: int | None = None
+    geometry: str | None = None
 
     @property
     def target_module(self) -> str:
@@ -158,8 +162,10 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
     version = data.get("version", 1)
     if version != 1:
         raise SpecError(f"{path}: version = {version!r} is not supported (this tool reads version = 1)")
+    geometry = _check_geometry(data.get("geometry"), f"{path}: geometry")
+    layers = _parse_layers(data.get("layers", []), _layer_lines(text), path)
     return Spec(
-        layers=_parse_layers(data.get("layers", []), _layer_lines(text), path),
+        layers=[replace(x, geometry=x.geometry or geometry) for x in layers],
         rename=_parse_rename(data.get("rename", {}), path),
         drop=_parse_drop(data.get("drop", []), path),
         path=Path(path) if path != "<spec>" else None,
@@ -213,7 +219,16 @@ def _parse_layer(raw: Any, i: int, line: int | None, path: Path | str) -> LayerS
         kwargs["groups"] = g
     if "target_padding" in raw and "target_kernel_size" not in raw:
         raise SpecError(f"{where('target_padding')} needs target_kernel_size too")
+    if "geometry" in raw and "target_kernel_size" in raw:
+        raise SpecError(f"{where('geometry')}: give geometry or target_kernel_size, not both")
+    kwargs["geometry"] = _check_geometry(raw.get("geometry"), where("geometry"))
     return LayerSpec(**kwargs)
+
+
+def _check_geometry(value: Any, where: str) -> str | None:
+    if value is not None and value not in GEOMETRIES:
+        raise SpecError(f"{where} must be one of {', '.join(map(repr, GEOMETRIES))}, got {value!r}")
+    return value  # type: ignore[no-any-return]
 
 
 def _parse_rename(rename_raw: Any, path: Path | str) -> list[tuple[str, str]]:
@@ -290,6 +305,8 @@ def _layer_table(layer: LayerSpec) -> dict[str, Any]:
         table["target_kernel_size"] = _compact(layer.target_kernel_size)
     if layer.target_padding is not None:
         table["target_padding"] = _compact(layer.target_padding)
+    if layer.geometry is not None:
+        table["geometry"] = layer.geometry
     return table
 
 

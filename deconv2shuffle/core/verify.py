@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError, VerificationError
-from ..geometry import SubPixelPlan
+from ..geometry import SubPixelPlan, TargetGeometry
 from ..nn import clone_module, convert_model, subpixel_forward
 from .keys import strip_prefix
 from .models import guess_input
@@ -130,6 +130,7 @@ def end_to_end(
     prefix: str,
     input_shape: tuple[int, ...] | None,
     seed: int = 0,
+    targets: Mapping[str, TargetGeometry] | None = None,
 ) -> dict[str, Any] | None:
     """Load both states into their models (strict) and compare outputs on one random input, in float64.
 
@@ -141,6 +142,8 @@ def end_to_end(
         prefix: a wrapper prefix the states' keys carry and the models' keys do not.
         input_shape: the model input; ``None`` guesses one from the first layer.
         seed: seed of the random input.
+        targets: each converted layer's target geometry (``Conversion.targets``): without a
+            target model, ``convert_model(source_model, targets=targets)`` is built in the same form.
 
     Returns:
         ``None`` without a source model; ``{"skipped": reason}`` when no input shape is known; else
@@ -158,7 +161,7 @@ def end_to_end(
     new_model = (
         clone_module(target_model).double().eval()
         if target_model is not None
-        else convert_model(old_model, geometry="symmetric")
+        else convert_model(old_model, targets=dict(targets or {}))
     )
     _load_strict(
         new_model, new_state, prefix, VerificationError, "the new checkpoint does not load into the target model"

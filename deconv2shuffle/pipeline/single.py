@@ -21,6 +21,7 @@ from ..core.optimizer import remap_container
 from ..core.sources import Sources, load_sources
 from ..core.verify import DEFAULT_TOLERANCE, Tolerance, end_to_end
 from ..errors import Deconv2ShuffleError, UsageError, VerificationError
+from ..geometry import Mode
 from ..report import MigrationReport
 from .files import ReadOptions, write_report
 
@@ -48,6 +49,7 @@ def migrate(
     drop_unexpected: bool = False,
     report_path: str | Path | None = None,
     hash_source: bool = True,
+    geometry: Mode = "minimal",
 ) -> MigrationReport:
     """Convert checkpoint ``src`` into ``dst``: match layers, rewrite exactly, verify, write atomically.
 
@@ -69,6 +71,8 @@ def migrate(
         drop_unexpected: leave out keys the target model does not have.
         report_path: also write the report here (``.json`` or Markdown), on failure too.
         hash_source: record the source's sha256 in safetensors metadata (costs one full read).
+        geometry: the exact form of layers no target model or spec fixes: ``"minimal"`` (the
+            fewest multiply-adds, what ``convert_model`` builds), ``"tight"`` or ``"symmetric"``.
 
     Returns:
         The :class:`MigrationReport` (``ok`` true).
@@ -87,7 +91,7 @@ def migrate(
         elif any(v is not None for v in (spec, source_model, target_model)):
             raise UsageError("give sources=... or spec= / source_model= / target_model=, not both")
         how = _Settings(
-            approx, tuple(rename), tuple(drop), force, tolerance, allow_missing, drop_unexpected, hash_source
+            approx, tuple(rename), tuple(drop), force, tolerance, allow_missing, drop_unexpected, hash_source, geometry
         )
         report = _run(src, out, sources, reading, shape, how)
     except Deconv2ShuffleError as e:
@@ -114,6 +118,7 @@ class _Settings:
     allow_missing: bool
     drop_unexpected: bool
     hash_source: bool
+    geometry: Mode = "minimal"
 
 
 def _input_shape(value: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -166,6 +171,7 @@ def _convert(ckpt: Checkpoint, sources: Sources, how: _Settings, source_name: st
         allow_missing=how.allow_missing,
         drop_unexpected=how.drop_unexpected,
         source_name=source_name,
+        geometry=how.geometry,
     )
 
 
@@ -193,7 +199,15 @@ def _verify_model(
     if report.missing or dropped_source_keys:
         report.notes.append("end-to-end check skipped: the target model does not have the same layers as the source")
         source_model = target_model = None
-    e2e = end_to_end(ckpt.state_dict, conversion.state_dict, source_model, target_model, report.key_prefix, shape)
+    e2e = end_to_end(
+        ckpt.state_dict,
+        conversion.state_dict,
+        source_model,
+        target_model,
+        report.key_prefix,
+        shape,
+        targets=conversion.targets,
+    )
     if e2e is None:
         return
     report.end_to_end = e2e
