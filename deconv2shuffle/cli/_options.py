@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ..geometry import MODES, Mode
+
 SpecOpt = Annotated[Path | None, typer.Option("--spec", help="Spec file (TOML) listing the layers to convert.")]
 SourceModelOpt = Annotated[
     str | None, typer.Option("--source-model", help="Old model: 'package.module:Name' or 'path/file.py:Name'.")
@@ -45,6 +47,22 @@ KernelOpt = Annotated[str | None, typer.Option("--kernel", "-k", help="Kernel si
 StrideOpt = Annotated[str | None, typer.Option("--stride", "-s", help="Stride.")]
 PaddingOpt = Annotated[str, typer.Option("--padding", "-p", help="Padding.")]
 OutputPaddingOpt = Annotated[str, typer.Option("--output-padding", help="Output padding.")]
+GeometryOpt = Annotated[
+    str,
+    typer.Option(
+        "--geometry",
+        help="Exact form where no target conv or spec fixes one: minimal (fewest multiply-adds, crops both ends), "
+        "symmetric (ConvNd(padding=P) + PixelShuffle, crops the end only) or tight.",
+    ),
+]
+
+
+def parse_geometry(text: str, flag: str = "--geometry") -> Mode:
+    """One of the exact forms (``minimal``, ``symmetric``, ``tight``), else ``typer.BadParameter`` (exit 2)."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise typer.BadParameter(f"{text!r}: expected one of {', '.join(MODES)}", param_hint=flag)
 
 
 def parse_ints(text: str | None, flag: str, *, positive: bool = False) -> tuple[int, ...]:

@@ -141,6 +141,7 @@ def render_explain(data: dict[str, Any]) -> None:
             + (f" d{ax['dilation']}" if ax["dilation"] != 1 else "")
             + f" -> target taps j (kernel {K}, padding {ax['target_padding'][0]}"
             + (f"/{ax['target_padding'][1]}" if ax["target_padding"][0] != ax["target_padding"][1] else "")
+            + (f", shift {ax['shift']}" if ax.get("shift") else "")
             + ")",
             title_justify="left",
         )
@@ -148,13 +149,15 @@ def render_explain(data: dict[str, Any]) -> None:
         for j in ax["columns"]:
             table.add_column(f"j={j}" + ("" if 0 <= j < K else " (outside)"), justify="center")
         for ph in ax["phases"]:
-            add_row(table, f"s={ph['phase']}", *[("." if t is None else f"w[{t}]") for t in ph["row"]])
+            phase = f"s={ph['phase']}" + (f" (source s={ph['source_phase']})" if ax.get("shift") else "")
+            add_row(table, phase, *[("." if t is None else f"w[{t}]") for t in ph["row"]])
         out.print(table)
         e = ax["example"]
         say(
             f"  input length {e['input']}: ConvTranspose gives {e['transposed_output']}; "
             f"the conv gives {e['conv_cells']} "
-            f"cells, x{ax['stride']} after the shuffle = {e['after_shuffle']}, crop {e['crop']} at the end"
+            f"cells, x{ax['stride']} after the shuffle = {e['after_shuffle']}, "
+            f"crop {e['crop_start']} at the start and {e['crop_end']} at the end"
         )
     say("")
     say(
@@ -166,10 +169,18 @@ def render_explain(data: dict[str, Any]) -> None:
         if data["exact"]
         else "Not exact: " + "; ".join(data["reasons"])
     )
+    if any(data.get("crop_start", ())):
+        say(
+            "Start crop: the conv computes Y' = Y + c (c cells cropped at the start after the shuffle), so its phase s "
+            "holds the ConvTranspose's phase (s - c) mod r; the shift lines every phase's taps up in one narrow window."
+        )
+    if data.get("forward_crop"):
+        say(f"a hand-written forward crops the shuffled output y to {data['forward_crop']}")
     say(
         f"cost: {data['phases']} phases x target kernel / source kernel = {data['macs_ratio']:.2f}x the multiply-adds "
-        f"(zero taps are real work). smallest exact: {data['smallest']}; tight (asymmetric padding): {data['tight']}, "
-        f"{data['tight_macs_ratio']:.2f}x"
+        f"(zero taps are real work). exact forms: minimal {data['minimal']}, {data['minimal_macs_ratio']:.2f}x; "
+        f"symmetric {data['symmetric']}, {data['symmetric_macs_ratio']:.2f}x; "
+        f"tight (asymmetric padding) {data['tight']}, {data['tight_macs_ratio']:.2f}x"
     )
 
 

@@ -51,7 +51,8 @@ def migration_table(report: MigrationReport) -> Table:
             str(tuple(layer.old_shape)),
             str(tuple(layer.new_shape)),
             action,
-            f"k{_axes(layer.target_kernel_size)} p{_axes(layer.target_padding)} crop {_axes(layer.crop)}",
+            f"k{_axes(layer.target_kernel_size)} p{_axes(layer.target_padding)} "
+            f"crop {_axes(layer.crop_start)}/{_axes(layer.crop_end)}",
             fmt_err(layer.max_abs_error),
             fmt_err(layer.max_rel_error),
             f"{layer.macs_ratio:.2f}",
@@ -92,10 +93,10 @@ def layers_table(data: dict[str, Any]) -> Table:
         " (GUESSES: confirm with --spec or --source-model)" if origin == "guess" else f" (from {origin})"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("module", "geometry", "weight", "target conv", "target weight", "crop", "MACs ratio", "note"):
+    for col in ("module", "geometry", "weight", "target conv", "target weight", "crop start/end", "MACs ratio", "note"):
         table.add_column(col)
     for layer in layers:
-        if "error" in layer:
+        if layer.get("error"):
             add_row(table, layer["module"], "", "", "", "", "", "", to_flags(layer["error"]))
             continue
         note = layer.get("reason", "") if origin == "guess" else ""
@@ -109,11 +110,11 @@ def layers_table(data: dict[str, Any]) -> Table:
             layer.get("geometry", "?"),
             str(tuple(layer["weight_shape"])),
             f"k{_axes(layer['target_kernel_size'])} p{_axes(layer['target_padding'])}"
-            if "target_kernel_size" in layer
+            if layer.get("target_kernel_size")
             else "?",
-            str(tuple(layer["target_weight_shape"])) if "target_weight_shape" in layer else "",
-            _axes(layer["crop"]) if "crop" in layer else "",
-            f"{layer['macs_ratio']:.2f}" if "macs_ratio" in layer else "",
+            str(tuple(layer["target_weight_shape"])) if layer.get("target_weight_shape") else "",
+            f"{_axes(layer['crop_start'])}/{_axes(layer['crop_end'])}" if layer.get("crop_end") else "",
+            f"{layer['macs_ratio']:.2f}" if layer.get("macs_ratio") else "",
             note,
         )
     return table

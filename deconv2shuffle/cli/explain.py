@@ -10,6 +10,7 @@ import typer
 from ._errors import handle_errors
 from ._options import (
     AllowGlobalOpt,
+    GeometryOpt,
     JsonOpt,
     KernelOpt,
     OutputPaddingOpt,
@@ -18,6 +19,7 @@ from ._options import (
     StateKeyOpt,
     StrideOpt,
     TrustOpt,
+    parse_geometry,
     parse_ints,
 )
 
@@ -40,6 +42,7 @@ def command(
     rank: Annotated[
         int | None, typer.Option("--rank", help="Spatial axes (1, 2, 3); default 2 for single values.")
     ] = None,
+    geometry: GeometryOpt = "minimal",
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     allow_global: AllowGlobalOpt = None,
@@ -65,5 +68,6 @@ def command(
         state_dict_key=state_dict_key,
         trust_pickle=trust_pickle,
         allow_globals=allow_global or [],
+        geometry=parse_geometry(geometry),
     )
     _render.explanation(data, json_out=json_out)

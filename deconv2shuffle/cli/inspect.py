@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from ._errors import handle_errors
-from ._options import AllowGlobalOpt, JsonOpt, SourceArgsOpt, SourceModelOpt, SpecOpt, StateKeyOpt, TrustOpt
+from ._options import (
+    AllowGlobalOpt,
+    GeometryOpt,
+    JsonOpt,
+    SourceArgsOpt,
+    SourceModelOpt,
+    SpecOpt,
+    StateKeyOpt,
+    TrustOpt,
+    parse_geometry,
+)
 
 NAME = "inspect"
 
@@ -22,6 +32,7 @@ def command(
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     allow_global: AllowGlobalOpt = None,
+    geometry: GeometryOpt = "minimal",
     json_out: JsonOpt = False,
 ) -> None:
     """Shape report: container layout, every tensor by module, totals, ConvTranspose layers and their targets."""
@@ -36,5 +47,6 @@ def command(
         state_dict_key=state_dict_key,
         trust_pickle=trust_pickle,
         allow_globals=allow_global or [],
+        geometry=parse_geometry(geometry),
     )
     _render.inspection(data, json_out=json_out)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import Deconv2ShuffleError
-from ..geometry import TransposedConv, smallest
+from ..geometry import Mode
 from ..rewrite import WEIGHT_NORM_LAYOUTS, layer_weights
 from .keys import find_prefix
-from .planning import plan_layer, target_weight_shape
+from .planning import forward_crop, plan_layer, target_weight_shape
 from .spec import LayerSpec
 
 if TYPE_CHECKING:
@@ -45,41 +45,88 @@ def _summary(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _layer_entry(layer: LayerSpec, state: Mapping[str, torch.Tensor], prefix: str, origin: str) -> dict[str, Any]:
-    found = layer_weights(state, prefix + layer.source)
-    if found is None:
-        return {"module": layer.source, "origin": origin, "error": f"no key {prefix}{layer.source}.weight"}
-    weight, wn = found.weight, found.folded
-    try:
-        plan = plan_layer(layer, weight)
-    except Deconv2ShuffleError as e:
-        return {"module": layer.source, "origin": origin, "error": str(e)}
+ENTRY_KEYS = (
+    "module",
+    "origin",
+    "reason",
+    "assumed",
+    "error",
+    "stride",
+    "padding",
+    "geometry",
+    "weight_shape",
+    "weight_norm",
+    "exact",
+    "target",
+    "target_kernel_size",
+    "target_padding",
+    "target_weight_shape",
+    "crop",
+    "crop_start",
+    "crop_end",
+    "shift",
+    "forward_crop",
+    "macs_ratio",
+)
+
+
+def _entry(module: str, origin: str, **known: Any) -> dict[str, Any]:
+    """One ``conv_transpose`` entry: every key of :data:`ENTRY_KEYS`, ``None`` where unknown."""
+    return {key: known.get(key) for key in ENTRY_KEYS} | {"module": module, "origin": origin}
+
+
+def _planned(layer: LayerSpec, weight: torch.Tensor, geometry: Mode) -> dict[str, Any]:
+    """What a plan says about a layer (raises what :func:`plan_layer` raises)."""
+    plan = plan_layer(layer, weight, geometry=geometry)
+    target = plan.target
+    padding: list[int] | list[list[int]] = (
+        list(target.pad_before)
+        if target.symmetric
+        else [[b, a] for b, a in zip(target.pad_before, target.pad_after, strict=True)]
+    )
     return {
-        "module": layer.source,
-        "origin": origin,
+        "stride": list(plan.source.stride),
+        "padding": list(plan.source.padding),
         "geometry": plan.source.describe(),
-        "weight_shape": list(weight.shape),
-        "weight_norm": wn,
         "exact": plan.exact,
         "target": layer.target_module,
-        "target_kernel_size": list(plan.target.kernel_size),
-        "target_padding": list(plan.target.pad_before),
+        "target_kernel_size": list(target.kernel_size),
+        "target_padding": padding,
         "target_weight_shape": target_weight_shape(weight, plan),
-        "crop": list(plan.crop),
+        "crop": list(plan.crop_end),
+        "crop_start": list(plan.crop_start),
+        "crop_end": list(plan.crop_end),
+        "shift": list(plan.shift),
+        "forward_crop": forward_crop(plan),
         "macs_ratio": plan.macs_ratio,
     }
 
 
-def guess_layers(state: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+def _layer_entry(
+    layer: LayerSpec, state: Mapping[str, torch.Tensor], prefix: str, origin: str, geometry: Mode
+) -> dict[str, Any]:
+    found = layer_weights(state, prefix + layer.source)
+    if found is None:
+        return _entry(layer.source, origin, error=f"no key {prefix}{layer.source}.weight")
+    base = {"weight_shape": list(found.weight.shape), "weight_norm": found.folded}
+    reason = "listed in the spec" if origin == "spec" else "a ConvTranspose of the source model"
+    try:
+        return _entry(layer.source, origin, reason=reason, **base, **_planned(layer, found.weight, geometry))
+    except Deconv2ShuffleError as e:
+        return _entry(layer.source, origin, reason=reason, error=str(e), **base)
+
+
+def guess_layers(state: Mapping[str, torch.Tensor], geometry: Mode = "minimal") -> list[dict[str, Any]]:
     """Modules that look like ConvTranspose layers, with the reason; the geometry is an assumption.
 
     Args:
         state: the state_dict.
+        geometry: the exact form to show (``"minimal"``, ``"tight"`` or ``"symmetric"``).
 
     Returns:
-        One entry per likely layer: ``module``, ``reason``, ``weight_shape``, ``weight_norm``,
-        and, when the kernel is even, the assumed ``stride`` / ``padding`` (k = 2s) and the plan
-        that gives.
+        One entry per likely layer, with the keys of a listed layer (:data:`ENTRY_KEYS`): ``reason``
+        says why it looks like one; when the kernel is even, ``assumed`` names the stride and
+        padding taken (k = 2s) and the target fields follow from them, else they are ``None``.
     """
     out = []
     seen = set()
@@ -91,7 +138,7 @@ def guess_layers(state: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
         found = layer_weights(state, module)
         if found is None or found.weight.dim() not in (3, 4, 5):
             continue
-        weight, bias, wn = found.weight, found.bias, found.folded
+        weight, bias = found.weight, found.bias
         reasons = []
         if bias is not None and bias.dim() == 1 and bias.numel() == weight.shape[1] != weight.shape[0]:
             reasons.append(f"bias has {bias.numel()} = weight.shape[1] entries (a Conv's would have weight.shape[0])")
@@ -99,29 +146,23 @@ def guess_layers(state: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
             reasons.append("its name suggests upsampling")
         if not reasons:
             continue
-        k = tuple(weight.shape[2:])
-        entry: dict[str, Any] = {
-            "module": module,
-            "origin": "guess",
+        known: dict[str, Any] = {
             "reason": "; ".join(reasons),
             "weight_shape": list(weight.shape),
-            "weight_norm": wn,
+            "weight_norm": found.folded,
         }
+        k = tuple(weight.shape[2:])
         if all(n % 2 == 0 for n in k):
             stride = tuple(max(n // 2, 1) for n in k)
             padding = tuple((n - s) // 2 for n, s in zip(k, stride, strict=True))
-            plan = smallest(TransposedConv.make(k, stride, padding, rank=len(k)))
-            entry.update(
-                stride=list(stride),
-                padding=list(padding),
-                assumed=f"stride {stride[0]}, padding {padding[0]} (the common k=2s choice; confirm with a spec)",
-                geometry=plan.source.describe(),
-                target_kernel_size=list(plan.target.kernel_size),
-                target_padding=list(plan.target.pad_before),
-                crop=list(plan.crop),
-                macs_ratio=plan.macs_ratio,
-            )
-        out.append(entry)
+            try:
+                known.update(_planned(LayerSpec(module, stride, padding=padding), weight, geometry))
+                known["assumed"] = (
+                    f"stride {stride[0]}, padding {padding[0]} (the common k=2s choice; confirm with a spec)"
+                )
+            except Deconv2ShuffleError as e:
+                known["error"] = str(e)
+        out.append(_entry(module, "guess", **known))
     return out
 
 
@@ -131,6 +172,7 @@ def describe_checkpoint(
     *,
     origin: str = "spec",
     file_bytes: int = 0,
+    geometry: Mode = "minimal",
 ) -> dict[str, Any]:
     """Everything ``inspect`` shows about a loaded checkpoint, as plain data.
 
@@ -139,11 +181,13 @@ def describe_checkpoint(
         layers: the ConvTranspose layers a spec or source model lists; ``None``: guess them.
         origin: where ``layers`` came from (``"spec"`` or ``"model"``).
         file_bytes: the files' size on disk.
+        geometry: the exact form shown for layers a spec does not fix.
 
     Returns:
         ``file``, ``format``, ``file_bytes``, ``top_level``, ``state_dict_key``, ``metadata``,
         ``modules`` (tensors grouped by module), ``totals`` and ``conv_transpose`` (each layer
-        with its target geometry), ``conv_transpose_source`` (``spec``, ``model`` or ``guess``).
+        with its target geometry, every entry with the keys :data:`ENTRY_KEYS`),
+        ``conv_transpose_source`` (``spec``, ``model`` or ``guess``).
     """
     state = ckpt.state_dict
     modules: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
@@ -161,9 +205,9 @@ def describe_checkpoint(
         d["bytes"] += nbytes
     if layers is not None:
         prefix = find_prefix(list(state), layers[0].source, str(ckpt.path)) if layers else ""
-        found = [_layer_entry(layer, state, prefix, origin) for layer in layers]
+        found = [_layer_entry(layer, state, prefix, origin, geometry) for layer in layers]
     else:
-        found, origin = guess_layers(state), "guess"
+        found, origin = guess_layers(state, geometry), "guess"
     top = {}
     if isinstance(ckpt.container, dict) and ckpt.state_key is not None:
         top = {str(k): _summary(v) for k, v in ckpt.container.items()}

@@ -12,6 +12,7 @@ from ..core.shapes import describe_checkpoint
 from ..core.sources import Sources, load_sources
 from ..core.spec import Spec, dump_spec, load_spec
 from ..errors import UsageError
+from ..geometry import Mode
 from .files import ReadOptions
 
 
@@ -25,6 +26,7 @@ def inspect_checkpoint(
     state_dict_key: str | None = None,
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
+    geometry: Mode = "minimal",
 ) -> dict[str, Any]:
     """Everything ``deconv2shuffle inspect`` shows about a checkpoint, as plain data.
 
@@ -33,6 +35,8 @@ def inspect_checkpoint(
         sources: where the ConvTranspose layers are listed; or give ``spec`` / ``source_model``
             (and ``source_args``) to load them here; with none, likely layers are guessed.
         state_dict_key, trust_pickle, allow_globals: how to read the file (see :func:`migrate`).
+        geometry: the exact form shown for layers the spec does not fix: ``"minimal"`` (the
+            fewest multiply-adds), ``"tight"`` or ``"symmetric"``.
 
     Returns:
         See :func:`describe_checkpoint`: the container layout, every tensor by module, totals,
@@ -44,8 +48,8 @@ def inspect_checkpoint(
     file_bytes = sum(p.stat().st_size for p in ckpt.files)
     if sources is not None and (sources.spec is not None or sources.source_model is not None):
         origin = "spec" if sources.spec is not None and sources.spec.layers else "model"
-        return describe_checkpoint(ckpt, sources.layers(), origin=origin, file_bytes=file_bytes)
-    return describe_checkpoint(ckpt, None, file_bytes=file_bytes)
+        return describe_checkpoint(ckpt, sources.layers(), origin=origin, file_bytes=file_bytes, geometry=geometry)
+    return describe_checkpoint(ckpt, None, file_bytes=file_bytes, geometry=geometry)
 
 
 def explain_checkpoint_layer(
@@ -59,6 +63,7 @@ def explain_checkpoint_layer(
     state_dict_key: str | None = None,
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
+    geometry: Mode = "minimal",
 ) -> dict[str, Any]:
     """Explain one layer of a checkpoint, with the hyperparameters ``spec`` gives it.
 
@@ -69,13 +74,14 @@ def explain_checkpoint_layer(
         target_kernel, target_padding: fit into this conv instead.
         length: example input length per axis.
         state_dict_key, trust_pickle, allow_globals: how to read the file.
+        geometry: the exact form when the spec fixes none.
 
     Returns:
         See :func:`explain_plan`.
     """
     layers = load_spec(spec).layers
     state = ReadOptions.make(state_dict_key, trust_pickle, allow_globals).load(path).state_dict
-    return explain_layer(state, layers, layer, target_kernel, target_padding, length, str(path))
+    return explain_layer(state, layers, layer, target_kernel, target_padding, length, str(path), geometry)
 
 
 def draft_from_checkpoint(
@@ -115,15 +121,18 @@ def explain_conversion(
     state_dict_key: str | None = None,
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
+    geometry: Mode = "minimal",
 ) -> dict[str, Any]:
     """Explain a layer of a checkpoint (``checkpoint``, ``spec``, ``layer``) or a geometry (``kernel``, ``stride``...).
 
     Args:
         checkpoint, spec, layer: see :func:`explain_checkpoint_layer`.
         kernel, stride, padding, output_padding, dilation, rank: see :func:`explain_geometry`.
-        target_kernel, target_padding: fit into this conv instead of the smallest exact one.
+        target_kernel, target_padding: fit into this conv instead of the exact form ``geometry``.
         length: example input length per axis.
         state_dict_key, trust_pickle, allow_globals: how to read ``checkpoint``.
+        geometry: ``"minimal"`` (the fewest multiply-adds, cropping both ends), ``"tight"`` or
+            ``"symmetric"`` (``ConvNd(padding=P)`` + shuffle, cropping the end only).
 
     Returns:
         See :func:`explain_plan`.
@@ -144,6 +153,7 @@ def explain_conversion(
             state_dict_key=state_dict_key,
             trust_pickle=trust_pickle,
             allow_globals=allow_globals,
+            geometry=geometry,
         )
     if not kernel or not stride:
         raise UsageError("give kernel= and stride= (and padding=...), or a checkpoint with spec= and layer=")
@@ -157,6 +167,7 @@ def explain_conversion(
         list(target_padding) if target_padding else None,
         length,
         rank,
+        geometry,
     )
 
 
