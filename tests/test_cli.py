@@ -218,7 +218,10 @@ def test_bench_times_both_geometries(cli, tmp_path, models_py):
     )
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
-    assert row["symmetric_target"] == "3x3 pad 1" and row["tight_target"] == "2x2 pad 0/1,0/1"
+    forms = {f["form"]: f for f in row["forms"]}
+    assert forms["symmetric"]["target"] == "3x3 pad 1" and forms["tight"]["target"] == "2x2 pad 0/1,0/1"
+    assert forms["minimal"]["same_as"] == "tight" and forms["minimal"]["macs_ratio"] == pytest.approx(16 / 9)
+    assert forms["symmetric"]["macs_ratio"] == 4 and row["runtime"] == "torch" and row["repeats"] == 10
     assert row["max_rel_error"] < 1e-5 and row["transposed_ms"] > 0
     _check_verdict(row)
     result = cli(
@@ -423,9 +426,7 @@ def test_allow_global_without_a_loader_that_supports_it_is_a_usage_error(tmp_pat
 def _check_verdict(row):
     """The verdict agrees with the medians and spreads the row reports."""
     old_lo, old_hi = row["transposed_spread_ms"]
-    forms = {"symmetric": (row["symmetric_ms"], row["symmetric_spread_ms"])}
-    if row["tight_ms"] is not None:
-        forms["tight"] = (row["tight_ms"], row["tight_spread_ms"])
+    forms = {f["form"]: (f["median_ms"], f["spread_ms"]) for f in row["forms"] if not f["same_as"]}
     kind = min(forms, key=lambda k: forms[k][0])
     best, (lo, hi) = forms[kind]
     assert old_lo <= row["transposed_ms"] <= old_hi and lo <= best <= hi
@@ -452,7 +453,8 @@ def _check_verdict(row):
 def test_bench_verdict_compares_spreads(old, symmetric, tight, expect):
     from deconv2shuffle.pipeline.bench import Timing, verdict
 
-    assert verdict(Timing(*old), Timing(*symmetric), Timing(*tight) if tight else None) == expect
+    forms = {"symmetric": Timing(*symmetric), **({"tight": Timing(*tight)} if tight else {})}
+    assert verdict(Timing(*old), forms) == expect
 
 
 def test_timing_spread_is_the_middle_half():

@@ -121,30 +121,26 @@ def layers_table(data: dict[str, Any]) -> Table:
 
 
 def bench_table(rows: list[BenchRow]) -> Table:
-    """Forward times per layer."""
-    table = Table(title=f"forward time per layer ({rows[0].device if rows else 'cpu'}, median)", title_justify="left")
-    for col in (
-        "layer",
-        "geometry",
-        "input",
-        "transposed ms",
-        "sub-pixel (symmetric) ms",
-        "sub-pixel (tight) ms",
-        "verdict",
-    ):
+    """Forward times per layer and runtime: the ConvTranspose, then each exact form against it."""
+    device = rows[0].device if rows else "cpu"
+    repeats = rows[0].repeats if rows else 0
+    table = Table(
+        title=f"forward time per layer ({device}; median and 25-75% spread of {repeats} rounds)", title_justify="left"
+    )
+    for col in ("layer", "input", "runtime", "form", "conv", "MACs ratio", "ms", "spread ms", "vs ConvTranspose"):
         table.add_column(col)
     for r in rows:
-        tight = f"{r.tight_ms:.3f} ({r.tight_target})" if r.tight_ms is not None else "same as symmetric"
+        spread = "-".join(f"{v:.3f}" for v in r.transposed_spread_ms)
         add_row(
-            table,
-            r.layer,
-            r.geometry,
-            str(tuple(r.input_shape)),
-            f"{r.transposed_ms:.3f}",
-            f"{r.symmetric_ms:.3f} ({r.symmetric_target})",
-            tight,
-            r.verdict,
-        )
+            table, r.layer, str(tuple(r.input_shape)), r.runtime, "ConvTranspose", r.geometry, "1.00",
+            f"{r.transposed_ms:.3f}", spread, r.verdict,
+        )  # fmt: skip
+        for f in r.forms:
+            versus = f"{f.ratio:.2f}x time, {f.verdict}" + (f" (same conv as {f.same_as})" if f.same_as else "")
+            add_row(
+                table, "", "", "", f.form, f.target, f"{f.macs_ratio:.2f}", f"{f.median_ms:.3f}",
+                "-".join(f"{v:.3f}" for v in f.spread_ms), versus,
+            )  # fmt: skip
     return table
 
 

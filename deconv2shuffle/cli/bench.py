@@ -43,12 +43,26 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch", help="Batch size.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     min_time: Annotated[float, typer.Option("--min-time", help="Seconds of timing per variant.")] = 0.2,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Timing rounds (at least 10): the median and spread are over these.")
+    ] = 10,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="torch, onnxruntime (needs the onnx extra) or all (torch, and ONNX Runtime when installed).",
+        ),
+    ] = "torch",
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: theirs).")
+    ] = None,
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     allow_global: AllowGlobalOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Time each layer old vs new on this device (CPU, or CUDA when present); name a winner only when clear."""
+    """Time each layer's ConvTranspose against every exact sub-pixel form (symmetric, tight, minimal) in torch
+    and/or ONNX Runtime; report the MACs ratio, median and spread, and name a winner only when the spreads say so."""
     from ..pipeline import run_bench
     from . import _render
 
@@ -70,5 +84,8 @@ def command(
         state_dict_key=state_dict_key,
         trust_pickle=trust_pickle,
         allow_globals=allow_global or [],
+        runtime=runtime,
+        repeats=repeats,
+        threads=threads,
     )
     _render.timings(rows, json_out=json_out)

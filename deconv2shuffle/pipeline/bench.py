@@ -1,93 +1,91 @@
-"""bench: time each ConvTranspose against its exact sub-pixel forms on this device.
+"""bench: time each ConvTranspose against its exact sub-pixel forms, in torch and ONNX Runtime.
 
 Sub-pixel is not always faster: zero taps are real work, and backends tune transposed convs
-differently. Both exact geometries are timed: the symmetric one (``ConvNd(padding=P)``) and the
-tight one (smallest kernel, asymmetric padding via ``F.pad``). Each variant is timed in several
-blocks; the verdict names a winner only when the spreads (25th to 75th percentile of the blocks)
-do not overlap, and says "no clear difference" otherwise.
+differently. Every exact form is timed: ``symmetric`` (``ConvNd(padding=P)`` + shuffle),
+``tight`` (smallest kernel without a phase shift) and ``minimal`` (phase shift, crops at both
+ends: the fewest multiply-adds). Each runs in the same rounds as the ConvTranspose (at least ten);
+a form is called faster or slower only when the spreads (25th to 75th percentile of the rounds)
+do not overlap, and "no clear difference" otherwise.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from ..core.planning import locate_layer, plan_layer
 from ..core.sources import Sources, load_sources
 from ..errors import SpecError, UsageError
-from ..geometry import TransposedConv, smallest
-from ..nn import _TRANSPOSED, SUBPIXEL_CLASSES
+from ..geometry import MODES, SubPixelPlan, TransposedConv, smallest
+from ..nn import _TRANSPOSED, SUBPIXEL_CLASSES, transposed_spec
 from .files import ReadOptions
+from .timing import MIN_REPEATS, RUNTIMES, Timing, compare, has_onnxruntime, onnx_runner, time_rounds, torch_threads
 
 Layers = list[tuple[str, nn.Module, list[int]]]
-_MIN_BLOCKS = 5
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Milliseconds per forward: the median block and the spread (25th to 75th percentile)."""
+@dataclass
+class FormRow:
+    """One exact sub-pixel form of a layer, timed against the ConvTranspose in the same rounds.
 
+    ``ratio`` is its median over the ConvTranspose's; ``verdict`` compares the spreads;
+    ``same_as`` names an earlier form with the same conv (timed once, figures shared).
+    """
+
+    form: str
+    target: str
+    macs_ratio: float
     median_ms: float
-    low_ms: float
-    high_ms: float
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Timing:
-        """From per-forward times of several blocks, in seconds."""
-        ms = sorted(s * 1e3 for s in seconds)
-        if len(ms) < 2:
-            return cls(ms[0], ms[0], ms[0])
-        low, _, high = statistics.quantiles(ms, n=4, method="inclusive")
-        return cls(statistics.median(ms), low, high)
+    spread_ms: list[float]
+    ratio: float
+    verdict: str
+    max_rel_error: float
+    same_as: str | None = None
 
 
 @dataclass
 class BenchRow:
-    """One layer timed old vs new on one device."""
+    """One layer timed old vs every exact form, on one device and runtime."""
 
     layer: str
     geometry: str
     input_shape: list[int]
     device: str
+    runtime: str
+    repeats: int
     transposed_ms: float
-    symmetric_target: str
-    symmetric_ms: float
-    tight_target: str | None
-    tight_ms: float | None
-    max_rel_error: float
-    verdict: str
     transposed_spread_ms: list[float]
-    symmetric_spread_ms: list[float]
-    tight_spread_ms: list[float] | None
+    forms: list[FormRow] = field(default_factory=list)
+    verdict: str = ""
+    max_rel_error: float = 0.0
+
+    def form(self, name: str) -> FormRow:
+        """The row of form ``name`` (``"symmetric"``, ``"tight"`` or ``"minimal"``)."""
+        return next(f for f in self.forms if f.form == name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         return asdict(self)
 
 
-def verdict(old: Timing, symmetric: Timing, tight: Timing | None) -> str:
+def verdict(old: Timing, forms: Mapping[str, Timing]) -> str:
     """Which is faster here, only when the spreads say so.
 
     Args:
         old: the ConvTranspose's timing.
-        symmetric: the symmetric sub-pixel form's.
-        tight: the tight form's (``None`` when it is the symmetric one).
+        forms: each sub-pixel form's timing, by name.
 
     Returns:
-        ``"sub-pixel (KIND) N.NNx faster"``, ``"transposed N.NNx faster"`` or ``"no clear difference"``
-        when the faster form's spread overlaps the ConvTranspose's.
+        ``"sub-pixel (FORM) N.NNx faster"`` for the fastest form, ``"transposed N.NNx faster"``,
+        or ``"no clear difference"`` when that form's spread overlaps the ConvTranspose's.
     """
-    kind, best = "symmetric", symmetric
-    if tight is not None and tight.median_ms < symmetric.median_ms:
-        kind, best = "tight", tight
+    kind = min(forms, key=lambda k: forms[k].median_ms)
+    best = forms[kind]
     if best.high_ms < old.low_ms:
         return f"sub-pixel ({kind}) {old.median_ms / best.median_ms:.2f}x faster"
     if old.high_ms < best.low_ms:
@@ -95,61 +93,125 @@ def verdict(old: Timing, symmetric: Timing, tight: Timing | None) -> str:
     return "no clear difference"
 
 
-def _time(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, min_time: float) -> Timing:
-    timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=torch.get_num_threads())
-    with torch.no_grad():
-        fn(x)  # warm-up (and algorithm selection on CUDA)
-        first = timer.blocked_autorange(min_run_time=min_time / _MIN_BLOCKS)
-        times = list(first.times)
-        start = time.perf_counter()
-        while len(times) < _MIN_BLOCKS or (time.perf_counter() - start < min_time and len(times) < 1000):
-            times.extend(timer.timeit(first.number_per_run).times)
-    return Timing.of(times)
+def _exact_forms(module: nn.Module) -> tuple[dict[str, nn.Module], dict[str, SubPixelPlan], dict[str, str]]:
+    """Each distinct exact form of ``module`` (weights converted) with its plan; forms equal to an earlier one."""
+    sub_cls = SUBPIXEL_CLASSES[len(module.kernel_size)]  # type: ignore[arg-type]
+    source = transposed_spec(module)
+    built: dict[str, nn.Module] = {}
+    plans: dict[str, SubPixelPlan] = {}
+    same_as: dict[str, str] = {}
+    for form in MODES:
+        plan = smallest(source, form)
+        earlier = next((k for k, p in plans.items() if p.target == plan.target), None)
+        if earlier is not None:
+            same_as[form] = earlier
+            continue
+        plans[form] = plan
+        built[form] = sub_cls.from_transposed(module, geometry=form).eval()
+    return built, plans, same_as
+
+
+def _eager(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    return lambda: module(x)
+
+
+def _runners(
+    modules: Mapping[str, nn.Module], x: torch.Tensor, runtime: str, device: str, threads: int | None
+) -> dict[str, Callable[[], Any]]:
+    if runtime == "onnxruntime":
+        return {name: onnx_runner(m, x, device, threads) for name, m in modules.items()}
+    return {name: _eager(m, x) for name, m in modules.items()}
+
+
+def _rel_error(got: Any, want: torch.Tensor) -> float:
+    got_t = torch.as_tensor(got).to(want.device, want.dtype)
+    if got_t.shape != want.shape:
+        return float("inf")
+    return float((got_t - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
 def bench_module(
-    name: str, module: nn.Module, input_shape: Sequence[int], device: str, min_time: float = 0.2
+    name: str,
+    module: nn.Module,
+    input_shape: Sequence[int],
+    device: str,
+    min_time: float = 0.2,
+    *,
+    runtime: str = "torch",
+    repeats: int = MIN_REPEATS,
+    threads: int | None = None,
 ) -> BenchRow:
-    """Time one ConvTranspose module against both exact sub-pixel forms.
+    """Time one ConvTranspose module against every exact sub-pixel form.
 
     Args:
         name: the layer's name, for the row.
-        module: the ConvTranspose module.
+        module: the ConvTranspose module (moved to ``device``).
         input_shape: the input it gets.
         device: ``"cpu"``, ``"cuda"``...
-        min_time: seconds of timing per variant (at least five blocks each).
+        min_time: seconds of timing per variant, over all rounds.
+        runtime: ``"torch"`` (eager) or ``"onnxruntime"`` (each variant exported to ONNX; the
+            ConvTranspose as ``ConvTranspose``, the forms as Conv + DepthToSpace + Slice).
+        repeats: rounds, at least ten; each variant runs one block per round.
+        threads: CPU threads of torch and of the ONNX Runtime session (default: as they are).
 
     Returns:
-        The row, with medians, spreads, the sub-pixel form's error and an honest verdict.
+        The row: medians, spreads, ratios and verdicts of every form, and each form's error.
     """
-    module = module.to(device).eval()
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime={runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    place = "cpu" if runtime == "onnxruntime" else device  # ONNX Runtime is fed NumPy arrays
+    module = module.to(place).eval()
     dtype = next(module.parameters()).dtype
-    sub_cls = SUBPIXEL_CLASSES[len(module.kernel_size)]  # type: ignore[arg-type]
-    sym = sub_cls.from_transposed(module, geometry="symmetric").eval()
-    tight_plan = smallest(sym.plan.source, "tight")
-    tight = sub_cls.from_transposed(module, tight_plan.target).eval() if tight_plan.target != sym.plan.target else None
-    x = torch.randn(*input_shape, device=device, dtype=dtype)
-    with torch.no_grad():
+    forms, plans, same_as = _exact_forms(module)
+    x = torch.randn(*input_shape, device=place, dtype=dtype)
+    sync = torch.cuda.synchronize if place.startswith("cuda") else (lambda: None)
+    with torch.no_grad(), torch_threads(threads):
         want = module(x)
-        err = float((sym(x) - want).abs().max() / want.abs().max().clamp_min(1e-30))
-    t_old, t_sym = _time(module, x, min_time), _time(sym, x, min_time)
-    t_tight = _time(tight, x, min_time) if tight is not None else None
+        runners = _runners({"transposed": module, **forms}, x, runtime, device, threads)
+        errors = {form: _rel_error(runners[form](), want) for form in forms}
+        timings = time_rounds(runners, repeats, min_time, sync)
+    old = timings.pop("transposed")
+    rows = []
+    for form in MODES:
+        kind = same_as.get(form, form)
+        plan, t = plans[kind], timings[kind]
+        rows.append(
+            FormRow(
+                form=form,
+                target=plan.target.describe(),
+                macs_ratio=plan.macs_ratio,
+                median_ms=t.median_ms,
+                spread_ms=t.spread,
+                ratio=t.median_ms / old.median_ms,
+                verdict=compare(old, t),
+                max_rel_error=errors[kind],
+                same_as=same_as.get(form),
+            )
+        )
     return BenchRow(
         layer=name,
-        geometry=sym.plan.source.describe(),
+        geometry=transposed_spec(module).describe(),
         input_shape=list(input_shape),
-        device=device,
-        transposed_ms=t_old.median_ms,
-        symmetric_target=sym.plan.target.describe(),
-        symmetric_ms=t_sym.median_ms,
-        tight_target=tight.plan.target.describe() if tight is not None else None,
-        tight_ms=t_tight.median_ms if t_tight is not None else None,
-        max_rel_error=err,
-        verdict=verdict(t_old, t_sym, t_tight),
-        transposed_spread_ms=[t_old.low_ms, t_old.high_ms],
-        symmetric_spread_ms=[t_sym.low_ms, t_sym.high_ms],
-        tight_spread_ms=[t_tight.low_ms, t_tight.high_ms] if t_tight is not None else None,
+        device=place,
+        runtime=runtime,
+        repeats=repeats,
+        transposed_ms=old.median_ms,
+        transposed_spread_ms=old.spread,
+        forms=rows,
+        verdict=verdict(old, timings),
+        max_rel_error=max(errors.values()),
     )
+
+
+def _runtimes(runtime: str) -> list[str]:
+    """``"torch"``, ``"onnxruntime"`` or ``"all"`` (torch, and ONNX Runtime when installed)."""
+    if runtime == "all":
+        return ["torch", "onnxruntime"] if has_onnxruntime() else ["torch"]
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime={runtime!r}: expected torch, onnxruntime or all")
+    if runtime == "onnxruntime" and not has_onnxruntime():
+        raise UsageError("runtime='onnxruntime' needs onnx and onnxruntime: pip install 'deconv2shuffle[onnx]'")
+    return [runtime]
 
 
 def _pick_device(device: str) -> str:
@@ -273,6 +335,9 @@ def run_bench(
     state_dict_key: str | None = None,
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
+    runtime: str = "torch",
+    repeats: int = MIN_REPEATS,
+    threads: int | None = None,
 ) -> list[BenchRow]:
     """Time layers old vs new: one geometry, a source model's layers, or a checkpoint's (with a spec).
 
@@ -286,14 +351,22 @@ def run_bench(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         min_time: seconds of timing per variant.
         state_dict_key, trust_pickle, allow_globals: how to read ``checkpoint``.
+        runtime: ``"torch"``, ``"onnxruntime"`` (needs the ``onnx`` extra) or ``"all"`` (torch,
+            and ONNX Runtime when it is installed).
+        repeats: timing rounds per variant, at least ten.
+        threads: CPU threads of torch and ONNX Runtime while timing (default: as they are).
 
     Returns:
-        One row per layer.
+        One row per layer and runtime.
 
     Raises:
-        UsageError: none of the three ways is given, or ``kernel`` without ``stride``.
+        UsageError: none of the three ways is given, ``kernel`` without ``stride``, an unknown
+            runtime or one that is not installed, fewer than ten repeats.
     """
     dev = _pick_device(device)
+    runtimes = _runtimes(runtime)
+    if repeats < MIN_REPEATS:
+        raise UsageError(f"repeats={repeats}: at least {MIN_REPEATS} are needed for a median and a spread")
     if kernel is not None:
         if stride is None:
             raise UsageError("kernel= needs stride= too")
@@ -311,4 +384,8 @@ def run_bench(
             "give a checkpoint with spec='spec.toml', source_model='file.py:Name' with input_shape=(N, C, H, W), "
             "or kernel= and stride="
         )
-    return [bench_module(name, module, shape, dev, min_time) for name, module, shape in layers]
+    return [
+        bench_module(name, module, shape, dev, min_time, runtime=rt, repeats=repeats, threads=threads)
+        for name, module, shape in layers
+        for rt in runtimes
+    ]
