@@ -61,8 +61,9 @@ def test_inspect_json_groups_and_totals(tmp_path, cli):
     (layer,) = data["conv_transpose"]
     assert (
         layer["origin"] == "spec"
-        and layer["target_weight_shape"] == [64, 8, 3, 3]
-        and layer["target_kernel_size"] == [3, 3]
+        and layer["target_weight_shape"] == [64, 8, 2, 2]
+        and layer["target_kernel_size"] == [2, 2]
+        and layer["crop_start"] == layer["crop_end"] == [1, 1]
     )
 
 
@@ -97,7 +98,7 @@ def test_explain_table_matches_impulse_responses(cli, k, s, p, op):
         if not hits:
             continue  # the tap's output was cut off by padding for this input position
         (Y,) = hits
-        q, phase = divmod(Y, s)
+        q, phase = divmod(Y + ax["crop_start"], s)  # the conv computes the output shifted by the start crop
         assert drawn[(phase, t)] == i0 - q + P
     text = cli("explain", "-k", k, "-s", s, "-p", p, "--output-padding", op)
     assert "exact" in text.output and "w[0]" in text.output
@@ -108,7 +109,7 @@ def test_explain_a_checkpoint_layer(tmp_path, cli):
     (tmp_path / "s.toml").write_text(SPEC)
     result = cli("explain", tmp_path / "m.pth", "--layer", "up", "--spec", tmp_path / "s.toml", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["target"] == "3x3 pad 1"
+    assert json.loads(result.stdout)["target"] == "2x2 pad 1, crop 1 at start"
 
 
 def _folder(tmp_path):

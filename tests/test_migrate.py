@@ -21,15 +21,35 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_forum_case_by_spec(tmp_path, cli, old_model, spec_file):
+    """Without a target model the spec's layer becomes the minimal form: what convert_model builds, strictly."""
+    from deconv2shuffle import convert_model
+
     model, path = _forum_checkpoint(tmp_path, old_model)
     result = cli("migrate", path, tmp_path / "new.pth", "--spec", spec_file, "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     layer = report["layers"][0]
     assert (layer["source"], layer["target"]) == ("up", "up.conv")
-    assert layer["target_kernel_size"] == [3, 3] and layer["target_padding"] == [1, 1] and layer["crop"] == [0, 0]
-    assert layer["exact"] and layer["max_abs_error"] < 1e-12 and layer["macs_ratio"] == pytest.approx(2.25)
+    assert layer["target_kernel_size"] == [2, 2] and layer["target_padding"] == [1, 1]
+    assert layer["crop_start"] == layer["crop_end"] == layer["crop"] == layer["shift"] == [1, 1]
+    assert layer["exact"] and layer["max_abs_error"] < 1e-12 and layer["macs_ratio"] == pytest.approx(1.0)
     assert report["ok"] and report["copied"] == [] and report["dropped"] == []
+    new = convert_model(old_model.Forum())
+    new.load_state_dict(torch.load(tmp_path / "new.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 64, 9, 7)
+    with torch.no_grad():
+        assert _relative(new(x), model(x)) <= 1e-5
+
+
+def test_forum_case_by_spec_in_the_symmetric_form(tmp_path, cli, old_model, spec_file):
+    """geometry = "symmetric" keeps the crop-free Conv2d(padding=1) + PixelShuffle a hand-written model has."""
+    model, path = _forum_checkpoint(tmp_path, old_model)
+    spec_file.write_text(spec_file.read_text().replace("version = 1\n", 'version = 1\ngeometry = "symmetric"\n'))
+    result = cli("migrate", path, tmp_path / "new.pth", "--spec", spec_file, "--json")
+    assert result.exit_code == 0, result.output
+    layer = json.loads(result.stdout)["layers"][0]
+    assert layer["target_kernel_size"] == [3, 3] and layer["crop_start"] == layer["crop_end"] == [0, 0]
+    assert layer["macs_ratio"] == pytest.approx(2.25)
     new = old_model.ForumNew()
     state = torch.load(tmp_path / "new.pth", weights_only=True)
     new.conv.load_state_dict({"weight": state["up.conv.weight"], "bias": state["up.conv.bias"]})
@@ -236,7 +256,7 @@ def test_markdown_report_and_dry_run(tmp_path, cli, spec_file):
     result = cli("migrate", tmp_path / "old.pth", "--spec", spec_file, "--dry-run", "--report", tmp_path / "r.md")
     assert result.exit_code == 0, result.output
     text = (tmp_path / "r.md").read_text()
-    assert "| `up` | `up.conv` | k4 s2 p1 |" in text and "k3 p1" in text
+    assert "| `up` | `up.conv` | k4 s2 p1 |" in text and "| k2 p1 | 1 | 1 | yes |" in text
     assert sha(tmp_path / "old.pth") == before
     assert sorted(listing(tmp_path)) == ["old.pth", "r.md", "spec.toml"]
 
@@ -265,8 +285,8 @@ def test_weight_norm_hifigan_layer(tmp_path, cli):
     assert set(new) == {"0.conv.weight", "0.conv.bias", "1.conv.weight", "1.conv.bias"}
     from deconv2shuffle import convert_model
 
-    conv = convert_model(ups, geometry="symmetric")
-    conv.load_state_dict(new)
+    conv = convert_model(ups)
+    conv.load_state_dict(new, strict=True)
     x = torch.randn(1, 16, 12)
     with torch.no_grad():
         assert _relative(conv[1](conv[0](x)), ups[1](ups[0](x))) <= 1e-5

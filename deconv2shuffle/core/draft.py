@@ -38,7 +38,13 @@ def draft_from_models(
     comments = [f"written by deconv2shuffle {__version__} from {source_model}"]
     if target_model:
         comments.append(f"paired with {target_model}")
-    comments.append("target_kernel_size / target_padding omitted: the smallest exact conv is used")
+    if target_model:
+        comments.append("target_kernel_size / target_padding omitted: the target model's convs decide")
+    else:
+        comments.append(
+            "target_kernel_size / target_padding omitted: the cheapest exact conv (the form convert_model builds, "
+            'cropping both ends) is used; geometry = "symmetric" gives a crop-free Conv + PixelShuffle'
+        )
     comments.append("[models]: file paths are read relative to this spec's folder")
     models: dict[str, Any] = {"source": source_model}
     if source_args:
