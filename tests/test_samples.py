@@ -128,6 +128,55 @@ def test_converted_samples_run_in_onnx_runtime(converted, name, tmp_path):
     assert float((torch.from_numpy(got) - want).abs().max() / want.abs().max()) <= 1e-5
 
 
+# the layers the minimal form brings to the ConvTranspose's own multiply-adds (phase shift + crops at both ends)
+AT_PAR = {"dcgan", "forum", "hifigan", "fsrcnn_x3"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_sample_migrates_to_the_minimal_form_and_loads_strictly_into_convert_model(name, tmp_path):
+    """From its source model alone a sample takes the cheapest form, exactly what convert_model(Source()) holds."""
+    from deconv2shuffle import convert_model, migrate
+    from deconv2shuffle.geometry import TransposedConv, smallest
+
+    spec = load_spec(SAMPLES / f"{name}.toml")
+    ref, args = spec.model_ref("source"), spec.models.get("source_args")
+    out = tmp_path / _checkpoint(name).name
+    report = migrate(_checkpoint(name), out, source_model=ref, source_args=args, input_shape=spec.models["input_shape"])
+    e2e = report.end_to_end  # float64, against convert_model in the form the plan wrote
+    assert e2e["max_rel_error"] <= e2e["tolerance"] <= 2e-6
+    assert all(layer.target == f"{layer.source}.conv" for layer in report.layers)
+    for layer in report.layers:
+        listed = next(x for x in spec.layers if x.source == layer.source)
+        k = tuple(layer.old_shape[2:])
+        geo = TransposedConv.make(k, listed.stride, listed.padding, listed.output_padding, rank=len(k))
+        assert layer.macs_ratio == smallest(geo, "minimal").macs_ratio <= smallest(geo, "symmetric").macs_ratio
+        if name in AT_PAR:
+            assert layer.macs_ratio == 1.0, (name, layer.source)
+    source = getattr(_models(), ref.rpartition(":")[2])(**(args or {})).eval()
+    source.load_state_dict(_state(_checkpoint(name)), strict=True)
+    new = convert_model(source)
+    new.load_state_dict(_state(out), strict=True)
+    x = torch.randn(spec.models["input_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = source(x), new(x)
+    assert got.shape == want.shape and float((got - want).abs().max() / want.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_hand_written_target_model_decides_the_form(name):
+    """The sidecar specs name hand-written symmetric targets: their convs, not the minimal default, decide."""
+    from deconv2shuffle import load_sources, migrate
+    from deconv2shuffle.core.models import target_convs
+
+    sources = load_sources(SAMPLES / f"{name}.toml")
+    report = migrate(_checkpoint(name), None, sources=sources)
+    convs = target_convs(sources.target_model)
+    for layer in report.layers:
+        assert layer.target_kernel_size == list(convs[layer.target].kernel_size), (name, layer.source)
+        assert layer.crop_start == [0] * len(layer.crop_start)
+    assert report.end_to_end["max_rel_error"] <= 1e-6
+
+
 def test_generate_script_reproduces_the_samples(tmp_path):
     """The committed samples are what generate.py writes. Bit for bit on the machine that wrote them; another CPU
     may round the few training steps differently, so the comparison allows float32 rounding noise."""

@@ -34,7 +34,8 @@ class Conversion:
     ``key_map`` maps each old key to its new key (``None``: gone) and the transform a tensor of
     that parameter's shape needs (for optimizer moments); ``converted_keys`` are the new keys that
     hold converted tensors; ``targets`` maps each converted layer's module path to the target
-    geometry it was written for (what ``convert_model(model, targets=...)`` builds the same way).
+    geometry it was written for (what ``convert_model(model, targets=...)`` builds the same way);
+    ``crops`` says, per hand-written target conv that needs one, the crop its forward must apply.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -42,6 +43,11 @@ class Conversion:
     key_map: KeyMap
     converted_keys: set[str]
     targets: dict[str, TargetGeometry] = field(default_factory=dict)
+    crops: list[str] = field(default_factory=list)
+
+    def crop_hint(self) -> str:
+        """``"; <the crops hand-written target convs need>"`` for an end-to-end message, ``""`` when none."""
+        return "".join(f"; {c}" for c in self.crops)
 
 
 @dataclass
@@ -54,6 +60,7 @@ class _Work:
     key_map: KeyMap = field(default_factory=dict)
     converted: set[int] = field(default_factory=set)  # ids of the new tensors
     targets: dict[str, TargetGeometry] = field(default_factory=dict)
+    crops: list[str] = field(default_factory=list)
 
 
 def convert_state_dict(
@@ -112,7 +119,7 @@ def convert_state_dict(
     report.ok = True
     # the converted tensors under whatever names they ended with (a prefix may have been removed)
     converted_keys = {k for k, v in out.items() if id(v) in work.converted}
-    return Conversion(out, report, work.key_map, converted_keys, work.targets)
+    return Conversion(out, report, work.key_map, converted_keys, work.targets, work.crops)
 
 
 def _target_conv(layer: LayerSpec, target: Target | None) -> TargetConv | None:
@@ -151,6 +158,7 @@ def _convert_layer(
     note = crop_note(layer, plan) if written_by_hand else None
     if note:
         work.report.notes.append(note)
+        work.crops.append(note)
     work.targets[layer.source] = plan.target
     new = transposed_to_subpixel(found.weight, found.bias, plan, approx=approx)
     abs_err, rel_err = verify_layer(found.weight, found.bias, new.weight, new.bias, plan)

@@ -199,15 +199,18 @@ def _verify_model(
     if report.missing or dropped_source_keys:
         report.notes.append("end-to-end check skipped: the target model does not have the same layers as the source")
         source_model = target_model = None
-    e2e = end_to_end(
-        ckpt.state_dict,
-        conversion.state_dict,
-        source_model,
-        target_model,
-        report.key_prefix,
-        shape,
-        targets=conversion.targets,
-    )
+    try:
+        e2e = end_to_end(
+            ckpt.state_dict,
+            conversion.state_dict,
+            source_model,
+            target_model,
+            report.key_prefix,
+            shape,
+            targets=conversion.targets,
+        )
+    except VerificationError as e:
+        raise VerificationError(f"{e}{conversion.crop_hint()}") from None
     if e2e is None:
         return
     report.end_to_end = e2e
@@ -222,6 +225,7 @@ def _verify_model(
     if "max_rel_error" in e2e and not e2e["max_rel_error"] <= e2e_tol and not how.approx:
         raise VerificationError(
             f"end-to-end: new model differs from old by {e2e['max_rel_error']:.3g} relative; nothing was written"
+            + conversion.crop_hint()
         )
 
 
