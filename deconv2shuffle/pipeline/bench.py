@@ -24,7 +24,7 @@ from ..errors import SpecError, UsageError
 from ..geometry import MODES, SubPixelPlan, TransposedConv, smallest
 from ..nn import _TRANSPOSED, SUBPIXEL_CLASSES, transposed_spec
 from .files import ReadOptions
-from .timing import MIN_REPEATS, RUNTIMES, Timing, compare, has_onnxruntime, onnx_runner, time_rounds, torch_threads
+from .timing import MIN_REPEATS, RUNTIMES, Timing, compare, onnx_runner, pick_runtimes, time_rounds, torch_threads
 
 Layers = list[tuple[str, nn.Module, list[int]]]
 
@@ -203,17 +203,6 @@ def bench_module(
     )
 
 
-def _runtimes(runtime: str) -> list[str]:
-    """``"torch"``, ``"onnxruntime"`` or ``"all"`` (torch, and ONNX Runtime when installed)."""
-    if runtime == "all":
-        return ["torch", "onnxruntime"] if has_onnxruntime() else ["torch"]
-    if runtime not in RUNTIMES:
-        raise UsageError(f"runtime={runtime!r}: expected torch, onnxruntime or all")
-    if runtime == "onnxruntime" and not has_onnxruntime():
-        raise UsageError("runtime='onnxruntime' needs onnx and onnxruntime: pip install 'deconv2shuffle[onnx]'")
-    return [runtime]
-
-
 def _pick_device(device: str) -> str:
     """``"auto"`` -> CUDA when present, else CPU; a CUDA request without CUDA is refused."""
     if device == "auto":
@@ -364,7 +353,7 @@ def run_bench(
             runtime or one that is not installed, fewer than ten repeats.
     """
     dev = _pick_device(device)
-    runtimes = _runtimes(runtime)
+    runtimes = pick_runtimes(runtime)
     if repeats < MIN_REPEATS:
         raise UsageError(f"repeats={repeats}: at least {MIN_REPEATS} are needed for a median and a spread")
     if kernel is not None:

@@ -133,6 +133,17 @@ def has_onnxruntime() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
+def pick_runtimes(runtime: str) -> list[str]:
+    """``"torch"``, ``"onnxruntime"`` or ``"all"`` (torch, and ONNX Runtime when installed)."""
+    if runtime == "all":
+        return ["torch", "onnxruntime"] if has_onnxruntime() else ["torch"]
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime={runtime!r}: expected torch, onnxruntime or all")
+    if runtime == "onnxruntime" and not has_onnxruntime():
+        raise UsageError("runtime='onnxruntime' needs onnx and onnxruntime: pip install 'deconv2shuffle[onnx]'")
+    return [runtime]
+
+
 def _onnx_bytes(module: nn.Module, x: torch.Tensor) -> bytes:
     """The module as an ONNX model: TorchScript exporter (fast), else the ``torch.export`` one."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
