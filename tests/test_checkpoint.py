@@ -163,7 +163,7 @@ def test_output_equal_to_input_and_existing_output_are_refused(tmp_path, cli):
     assert existing.read_bytes() == b"keep me"
     result = cli("migrate", path, existing, "--spec", spec, "--force")
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(existing).state_dict["up.conv.weight"].shape == (64, 8, 3, 3)
+    assert load_checkpoint(existing).state_dict["up.conv.weight"].shape == (64, 8, 2, 2)  # the minimal form
     # the input itself, only with --force, and atomically
     result = cli("migrate", path, path, "--spec", spec, "--force")
     assert result.exit_code == 0, result.output
@@ -231,7 +231,7 @@ def test_lightning_container_is_kept_and_optimizer_remapped(tmp_path, cli, old_m
     # the moments resume in the converted model
     from deconv2shuffle import convert_model
 
-    conv = convert_model(model, geometry="symmetric")
+    conv = convert_model(model)  # the form migrate writes by default
     opt2 = torch.optim.Adam(conv.parameters(), lr=1e-3)
     opt2.load_state_dict(new["optimizer_states"][0])
     conv.load_state_dict({k[len("model.") :]: v for k, v in new["state_dict"].items()})
@@ -240,7 +240,7 @@ def test_lightning_container_is_kept_and_optimizer_remapped(tmp_path, cli, old_m
     from deconv2shuffle import smallest, transposed_to_subpixel
     from deconv2shuffle.geometry import TransposedConv
 
-    plan = smallest(TransposedConv.make((4, 4), 2, 1))
+    plan = smallest(TransposedConv.make((4, 4), 2, 1), "minimal")
     expect = transposed_to_subpixel(opt.state[model.up.weight]["exp_avg"], None, plan).weight
     assert torch.equal(moments, expect)
     model(x).sum()  # the old model still works
@@ -332,7 +332,7 @@ def test_sharded_in_gives_sharded_out(tmp_path, cli):
     assert new_index["weight_map"]["tail.weight"] == "model-00002-of-00002.safetensors"
     back = load_checkpoint(out_dir / "model.safetensors.index.json").state_dict
     assert torch.equal(back["tail.weight"], state["tail.weight"])
-    assert back["up.conv.weight"].shape == (64, 8, 3, 3)
+    assert back["up.conv.weight"].shape == (64, 8, 2, 2)
     with safe_open(out_dir / "model-00001-of-00002.safetensors", "pt") as f:
         assert f.metadata()["shard"] == "one" and "deconv2shuffle.source_sha256" in f.metadata()
 
