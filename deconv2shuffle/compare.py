@@ -70,27 +70,44 @@ def _children(obj: Any) -> list[tuple[str, Any]] | None:
     return None
 
 
+def _is_leaf(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (*_NUMBER, str, bytes))
+
+
 def iter_leaves(output: Any, root: str = "output") -> Iterator[tuple[str, Any]]:
     """Every leaf of a nested output with its path: tensors, numbers, strings, None and other objects."""
-    yield from _walk(output, root, 0, set())
+    for path, leaf, _ in _pairs(output, output, root, 0, set()):
+        yield path, leaf
 
 
-def _walk(obj: Any, path: str, depth: int, active: set[int]) -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (*_NUMBER, str, bytes)):
-        yield path, obj
+def _pairs(ref: Any, cand: Any, path: str, depth: int, active: set[int]) -> Iterator[tuple[str, Any, Any]]:
+    """Walk two outputs in step, yielding (path, reference leaf, candidate leaf); raise where they part."""
+    ref_children = None if _is_leaf(ref) else _children(ref)
+    cand_children = None if _is_leaf(cand) else _children(cand)
+    if ref_children is None and cand_children is None:
+        yield path, ref, cand
         return
-    children = _children(obj)
-    if children is None:
-        yield path, obj
-        return
-    if id(obj) in active or depth >= _MAX_DEPTH:
+    if ref_children is None or cand_children is None or type(ref) is not type(cand):
+        raise VerificationError(
+            f"{path} is {_describe(ref)} in the original model's output and {_describe(cand)} in the converted one"
+        )
+    if id(ref) in active or depth >= _MAX_DEPTH:
         raise VerificationError(f"{path}: the output nests more than {_MAX_DEPTH} levels deep or refers to itself")
-    active.add(id(obj))
+    ref_names = [suffix for suffix, _ in ref_children]
+    cand_names = [suffix for suffix, _ in cand_children]
+    missing = [n for n in ref_names if n not in cand_names]
+    extra = [n for n in cand_names if n not in ref_names]
+    if missing:
+        raise VerificationError(f"{path}{missing[0]} is in the original model's output but not in the converted one")
+    if extra:
+        raise VerificationError(f"{path}{extra[0]} is in the converted model's output but not in the original one")
+    cand_by_name = dict(cand_children)
+    active.add(id(ref))
     try:
-        for suffix, child in children:
-            yield from _walk(child, path + suffix, depth + 1, active)
+        for suffix, child in ref_children:
+            yield from _pairs(child, cand_by_name[suffix], path + suffix, depth + 1, active)
     finally:
-        active.discard(id(obj))
+        active.discard(id(ref))
 
 
 def flatten_output(output: Any, root: str = "output") -> list[tuple[str, torch.Tensor]]:
@@ -181,6 +198,8 @@ def _describe(value: Any) -> str:
         return f"a tensor {tuple(value.shape)}"
     if value is None:
         return "None"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
     return f"a {type(value).__name__}"
 
 
@@ -202,18 +221,8 @@ def compare_outputs(reference: Any, candidate: Any, *, root: str = "output") -> 
     same non-tensor leaves (numbers compare numerically, other leaves by ``==``). Anything else
     raises :class:`VerificationError` naming the first path that differs.
     """
-    ref_leaves = dict(iter_leaves(reference, root))
-    cand_leaves = dict(iter_leaves(candidate, root))
-    missing = [p for p in ref_leaves if p not in cand_leaves]
-    extra = [p for p in cand_leaves if p not in ref_leaves]
-    if missing or extra:
-        where = (
-            f"{missing[0]} is in the original model's output but not in the converted model's"
-            if missing
-            else f"{extra[0]} is in the converted model's output but not in the original model's"
-        )
-        raise VerificationError(f"the outputs differ in structure: {where}")
-    diffs = [_compare_leaf(path, ref, cand_leaves[path]) for path, ref in ref_leaves.items()]
+    pairs = _pairs(reference, candidate, root, 0, set())
+    diffs = [_compare_leaf(path, ref, cand) for path, ref, cand in pairs]
     return OutputComparison(tuple(d for d in diffs if d is not None))
 
 

@@ -206,6 +206,9 @@ def _looks_flat(obj: Any) -> bool:
 def _from_torch_object(obj: Any, path: Path) -> ExampleInputs:
     if _looks_flat(obj):
         return _unflatten(obj, path)
+    if isinstance(obj, Mapping) and {"args", "kwargs"} & set(obj) and not set(obj) <= {"args", "kwargs"}:
+        others = sorted(str(k) for k in obj if k not in ("args", "kwargs"))
+        raise SpecError(f"{path}: 'args' and 'kwargs' take no other entries beside them; found {others[:3]}")
     if isinstance(obj, Mapping) and obj and set(obj) <= {"args", "kwargs"}:
         args, kwargs = obj.get("args", ()), obj.get("kwargs", {})
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):

@@ -95,6 +95,14 @@ def _fill_aliases(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 
 
 def _load_into(model: nn.Module, state: Mapping[str, Any], strict: bool, path: Path) -> None:
+    for key, want in model.state_dict().items():
+        have: Any = state.get(key)
+        shape = getattr(have, "shape", None)
+        if shape is not None and tuple(shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{path}: key {key!r} has shape {tuple(shape)}, the model wants {tuple(want.shape)}; "
+                "build the model with the arguments it was trained with"
+            )
     result = model.load_state_dict(dict(state), strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
