@@ -57,13 +57,15 @@ def transposed_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, TRANSPOSED)]
 
 
-def check_library_path(model: nn.Module, inputs: ExampleInputs, tolerance: float = 1e-10) -> OutputComparison:
+def check_library_path(
+    model: nn.Module, inputs: ExampleInputs, tolerance: float = 1e-10, jitter: float = 0.1
+) -> OutputComparison:
     """``convert_model`` on a float64 model: no ConvTranspose left, every output tensor within ``tolerance``.
 
     Also checks that the converted layers matter: nudging their weights must move the output, or
     the inputs do not exercise them (a detector with no detections, a zero-initialised branch).
     """
-    model = trained(model.double().eval())
+    model = trained(model.double().eval(), scale=jitter)
     assert transposed_layers(model), "the model has no ConvTranspose layer: nothing is tested"
     converted = convert_model(model)
     assert not transposed_layers(converted), transposed_layers(converted)

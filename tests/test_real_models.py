@@ -82,12 +82,21 @@ DYNUNET_ARGS = {
 }
 
 
+FEW_PROPOSALS = {"rpn_pre_nms_top_n_test": 32, "rpn_post_nms_top_n_test": 16}  # 1000 proposals cost seconds
+
+
 def _mask_rcnn(detection):
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
     return detection.MaskRCNN(
-        backbone, num_classes=3, min_size=64, max_size=64, box_score_thresh=0.0, box_detections_per_img=4
+        backbone,
+        num_classes=3,
+        min_size=64,
+        max_size=64,
+        box_score_thresh=0.0,
+        box_detections_per_img=4,
+        **FEW_PROPOSALS,
     )
 
 
@@ -103,8 +112,13 @@ def _keypoint_rcnn(detection):
         max_size=64,
         box_score_thresh=0.0,
         box_detections_per_img=4,
+        **FEW_PROPOSALS,
     )
 
+
+# detectors keep their initialisation: moved weights can leave no box above the size limits, and then
+# the masks and keypoints the converted layers compute would be empty (the check would refuse that)
+JITTER = {"MaskRCNN": 0.0, "KeypointRCNN": 0.0}
 
 SUBCLASS_FORWARD = "convert_model replaces a ConvTranspose subclass without its own forward (output shape changes)"
 
@@ -213,13 +227,16 @@ CASES = [
         image(1, 1, 6, 4),
     ),
     # torchvision: detection models return a list of dicts
-    ("torchvision.models.detection", "MaskRCNN", _mask_rcnn, images(3, 64, 64)),
-    ("torchvision.models.detection", "KeypointRCNN", _keypoint_rcnn, images(3, 64, 64)),
-    (
+    pytest.param("torchvision.models.detection", "MaskRCNN", _mask_rcnn, images(3, 64, 64), marks=pytest.mark.slow),
+    pytest.param(
+        "torchvision.models.detection", "KeypointRCNN", _keypoint_rcnn, images(3, 64, 64), marks=pytest.mark.slow
+    ),
+    pytest.param(
         "segmentation_models_pytorch",
         "Linknet",
         lambda smp: smp.Linknet(encoder_name="resnet18", encoder_weights=None, classes=2),
         image(1, 3, 64, 64),
+        marks=pytest.mark.slow,
     ),
     (
         "timm",
@@ -290,7 +307,7 @@ def test_library_path_matches_the_real_model_in_float64(module, name, build, inp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build(lib)
-    check_library_path(model, inputs())
+    check_library_path(model, inputs(), jitter=JITTER.get(name, 0.1))
 
 
 # -- the command line, float32, and loading the result ------------------------------------------------------
