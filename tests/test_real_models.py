@@ -397,6 +397,11 @@ def test_converted_diffusers_folder_loads_only_through_the_converted_loader(tmp_
         save_converted_pretrained(model, folder)
     save_converted_pretrained(convert_model(model), folder, force=True)  # an already converted model saves too
     _float32_close(x.run(model), x.run(load_converted_pretrained(unet1d, folder)))
+    # over a folder holding the original weights: those are removed, or from_pretrained would load them silently
+    model.save_pretrained(tmp_path / "both")
+    save_converted_pretrained(model, tmp_path / "both", force=True)
+    with pytest.raises((OSError, EnvironmentError), match="diffusion_pytorch_model"):
+        unet1d.from_pretrained(tmp_path / "both")
 
 
 def test_an_unconverted_diffusers_folder_is_refused_by_the_converted_loader(tmp_path):
