@@ -174,10 +174,12 @@ def test_compile_matches_eager():
 
 @pytest.mark.parametrize("cls", [nn.LazyConvTranspose1d, nn.LazyConvTranspose2d, nn.LazyConvTranspose3d])
 def test_lazy_layers_are_refused_before_their_first_forward(cls):
+    rank = {nn.LazyConvTranspose1d: 1, nn.LazyConvTranspose2d: 2, nn.LazyConvTranspose3d: 3}[cls]
     model = nn.Sequential(cls(4, 3, 2))
     with pytest.raises(ConversionError, match=r"layer '0' is a Lazy.*has not run yet.*run the model once"):
         convert_model(model)
-    rank = {nn.LazyConvTranspose1d: 1, nn.LazyConvTranspose2d: 2, nn.LazyConvTranspose3d: 3}[cls]
+    with pytest.raises(ConversionError, match=r"Lazy.* has not run yet"):
+        SUBPIXEL_CLASSES[rank].from_transposed(model[0])
     x = torch.randn(1, 2, *([3] * rank))
     want = model(x)  # materialized: now it converts
     with torch.no_grad():

@@ -171,5 +171,6 @@ def test_converted_generator_supports_remove_weight_norm():
     new.remove_weight_norm()  # what the vocoder's inference code calls; folded already, so a no-op
     with torch.no_grad():
         torch.testing.assert_close(new(x), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.jit.script(new)(x), want, rtol=1e-12, atol=1e-12)  # hooks gone, scriptable
     with pytest.raises(ValueError, match="weight_norm of 'weight' not found"):
         remove_weight_norm(new.extra)  # removed once, like any layer
