@@ -212,7 +212,8 @@ def convert_model(
     ``ConvTranspose*d`` keeps its class's code: its ``forward`` runs around the converted layer
     (``super().forward`` is the sub-pixel computation). Weight norm is folded; the layer keeps a
     no-op hook so ``nn.utils.remove_weight_norm(layer)`` still succeeds (parametrization-based
-    ``remove_parametrizations`` has nothing left to remove and raises, as on any plain layer).
+    ``remove_parametrizations`` has nothing left to remove and raises, as on any plain layer); as
+    with torch's own weight norm, ``torch.jit.script`` needs that removal first.
     """
     if not inplace:
         model = clone_module(model)

@@ -258,6 +258,10 @@ def transposed_spec(module: nn.Module) -> TransposedConv:
 def effective_weight(module: nn.Module) -> tuple[Tensor, Tensor | None]:
     """The weight the module's forward uses (weight norm applied), and its bias."""
     weight: Any = module.weight  # parametrized modules compute it; hook-based weight norm keeps it fresh
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        raise ConversionError(
+            f"{type(module).__name__} has not run yet, so its weights do not exist; run it once on an example input"
+        )
     if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
         weight = fold_weight_norm(module.weight_g, module.weight_v)  # type: ignore[arg-type]
     bias: Any = module.bias

@@ -313,22 +313,6 @@ def test_weight_norm_state_folding_matches_module():
     assert "up.parametrizations.weight.original0" in state
 
 
-def test_onnx_export_has_no_conv_transpose(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
-    model = nn.Sequential(nn.ConvTranspose2d(4, 3, 4, 2, 1), nn.ReLU())
-    new = convert_model(model).eval()
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(new, (torch.randn(1, 4, 8, 8),), str(path), dynamo=True)
-    graph = onnx.load(str(path)).graph
-    ops = [n.op_type for n in graph.node]
-    assert "ConvTranspose" not in ops
-    d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
-    assert d2s, ops
-    modes = {a.s.decode() for n in d2s for a in n.attribute if a.name == "mode"}
-    assert modes == {"CRD"}
-
-
 def test_output_size_picks_a_longer_output_like_conv_transpose():
     torch.manual_seed(0)
     old = nn.ConvTranspose2d(3, 4, 3, 2, 1).double()  # k3 s2 p1: 2H-1, output_size may ask for 2H
