@@ -1,0 +1,115 @@
+"""The one place the ONNX route asks the engine (``geometry`` + ``rewrite``) for a sub-pixel form.
+
+:func:`lower` takes a ConvTranspose's per-axis geometry, with different crops at the two ends
+(``begin``/``end``: ONNX ``pads`` after ``auto_pad``/``output_shape`` are resolved), and returns
+the stride-1 conv (kernel, padding before/after), the shuffle factors, the crop at both ends of
+the shuffled output, and the weights rearranged by :func:`deconv2shuffle.rewrite.transposed_to_subpixel`.
+
+How the engine is used: a transposed conv with padding 0 computes the *full* output, of which
+every ONNX output is a window ``[begin, full + op - end)``. The engine plans that full layer in its
+``tight`` mode (the smallest kernel, padding chosen separately at the two ends; with padding 0 no
+phase shift is needed, so this is also the kernel with the fewest multiply-adds), and the window
+becomes a crop of ``begin`` cells at the start and the engine's end crop plus ``end`` at the end.
+Output padding past the end of the window is asked of the engine as its ``output_padding``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry import TransposedConv, smallest
+from ..rewrite import transposed_to_subpixel
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """Conv (stride 1) + shuffle + crop equal to one ConvTranspose, per spatial axis.
+
+    The output is ``shuffle(conv(pad(x)))[crop_before : length - crop_after]`` on every axis,
+    for every input length. ``weight``/``bias`` are the Conv's (``None`` when not asked for);
+    ``placed`` marks the weight entries that hold a source tap (the others are new, zero);
+    ``channels`` are the given per-output-channel vectors re-laid like the bias.
+    """
+
+    kernel: tuple[int, ...]
+    pads_before: tuple[int, ...]
+    pads_after: tuple[int, ...]
+    factors: tuple[int, ...]
+    crop_before: tuple[int, ...]
+    crop_after: tuple[int, ...]
+    macs_ratio: float
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    placed: torch.Tensor | None = None
+    channels: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def phases(self) -> int:
+        n = 1
+        for r in self.factors:
+            n *= r
+        return n
+
+    def describe(self) -> str:
+        k = "x".join(map(str, self.kernel))
+        pads = ",".join(f"{b}/{a}" for b, a in zip(self.pads_before, self.pads_after, strict=True))
+        text = f"Conv {k} pad {pads}"
+        if self.phases > 1:
+            text += f" + shuffle {'x'.join(map(str, self.factors))}"
+        if any(self.crop_before) or any(self.crop_after):
+            crops = ",".join(f"{b}/{a}" for b, a in zip(self.crop_before, self.crop_after, strict=True))
+            text += f" + crop {crops}"
+        return text
+
+
+def lower(
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    group: int,
+    output_padding: Sequence[int],
+    begin: Sequence[int],
+    end: Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    channel_vectors: Sequence[torch.Tensor] = (),
+    want_placed: bool = False,
+) -> Lowering:
+    """Plan (and, given ``weight``, rearrange) one ConvTranspose; see the module docstring.
+
+    ``weight`` may be any dtype (integer weights of quantized graphs too): every value is moved
+    bit for bit. ``channel_vectors`` (one value per output channel, e.g. per-channel scales) come
+    back in :attr:`Lowering.channels` laid out along the Conv's output channels.
+    """
+    extend = tuple(max(0, op - e) for op, e in zip(output_padding, end, strict=True))
+    source = TransposedConv.make(
+        tuple(kernel), tuple(strides), 0, extend, tuple(dilations), groups=group, rank=len(kernel)
+    )
+    plan = smallest(source, "tight")
+    crop_after = tuple(c + x - op + e for c, x, op, e in zip(plan.crop, extend, output_padding, end, strict=True))
+    rewritten = None if weight is None else transposed_to_subpixel(weight, bias, plan)
+    placed = None
+    if weight is not None and want_placed:
+        placed = transposed_to_subpixel(torch.ones_like(weight, dtype=torch.uint8), None, plan).weight.bool()
+    channels: list[torch.Tensor] = []
+    if channel_vectors:
+        c_out = channel_vectors[0].shape[0]
+        probe = torch.zeros(group, c_out // group, *kernel, dtype=torch.uint8)
+        channels = [transposed_to_subpixel(probe, v, plan).bias for v in channel_vectors]  # type: ignore[misc]
+    return Lowering(
+        kernel=plan.target.kernel_size,
+        pads_before=plan.target.pad_before,
+        pads_after=plan.target.pad_after,
+        factors=plan.factors,
+        crop_before=tuple(begin),
+        crop_after=crop_after,
+        macs_ratio=plan.macs_ratio,
+        weight=None if rewritten is None else rewritten.weight,
+        bias=None if rewritten is None else rewritten.bias,
+        placed=placed,
+        channels=tuple(channels),
+    )

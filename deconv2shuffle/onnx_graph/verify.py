@@ -1,0 +1,241 @@
+"""Checks of a rewritten model: each node in float64 against torch, the file, the whole model in ORT.
+
+- :func:`check_node`: the ConvTranspose as ONNX defines it (torch's ``conv_transpose`` with no
+  padding, then the crop at both ends) against Conv + shuffle + crop built from the
+  :class:`~.lower.Lowering`, in float64 on a random input. Large layers are checked on a sample
+  of output channels (every input channel of their group), so the check stays cheap.
+- :func:`check_file`: ``onnx.checker`` with ``full_check`` (which runs strict shape inference).
+- :func:`end_to_end`: the original and the rewritten model in ONNX Runtime on the same random
+  inputs, every output compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import VerificationError
+from .attrs import ConvTransposeAttrs
+from .lower import Lowering
+
+_FULL_CHECK_MACS = 20_000_000
+_SAMPLE_GROUPS = 3
+_SAMPLE_CHANNELS = 8
+
+
+def _shuffle(y: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    n, c, *lengths = y.shape
+    rank = len(factors)
+    out = c // math.prod(factors)
+    y = y.reshape(n, out, *factors, *lengths)
+    perm = [0, 1] + [a for i in range(rank) for a in (2 + rank + i, 2 + i)]
+    return y.permute(perm).reshape(n, out, *[d * r for d, r in zip(lengths, factors, strict=True)])
+
+
+def _window(y: torch.Tensor, before: Sequence[int], after: Sequence[int]) -> torch.Tensor:
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        y = y.narrow(2 + i, b, y.shape[2 + i] - b - a)
+    return y
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, attrs: ConvTransposeAttrs, pads: Any) -> Any:
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[attrs.rank - 1]
+    full = fn(
+        x, w, b, stride=attrs.strides, output_padding=attrs.output_padding, groups=attrs.group, dilation=attrs.dilations
+    )
+    return _window(full, pads[0], pads[1])
+
+
+def _rewritten(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, low: Lowering, group: int) -> torch.Tensor:
+    fn = (F.conv1d, F.conv2d, F.conv3d)[len(low.kernel) - 1]
+    widths: list[int] = []
+    for before, after in zip(reversed(low.pads_before), reversed(low.pads_after), strict=True):
+        widths += [before, after]
+    y = fn(F.pad(x, widths), w, b, groups=group)
+    return _window(_shuffle(y, low.factors), low.crop_before, low.crop_after)
+
+
+def check_lengths(attrs: ConvTransposeAttrs, begin: Sequence[int], end: Sequence[int]) -> tuple[int, ...]:
+    """Small input lengths whose output is at least two cells long on every axis."""
+    lengths = []
+    for k, r, d, op, b, e in zip(
+        attrs.kernel, attrs.strides, attrs.dilations, attrs.output_padding, begin, end, strict=True
+    ):
+        h = 2
+        while (h - 1) * r + d * (k - 1) + 1 + op - b - e < 2:
+            h += 1
+        lengths.append(h)
+    return tuple(lengths)
+
+
+def check_node(
+    attrs: ConvTransposeAttrs,
+    pads: tuple[Sequence[int], Sequence[int]],
+    low: Lowering,
+    old: tuple[torch.Tensor, torch.Tensor | None],
+    new: tuple[torch.Tensor, torch.Tensor | None],
+    lengths: Sequence[int],
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Max absolute and relative difference between the node and its rewrite, in float64."""
+    w, b = old
+    nw, nb = new
+    gen = torch.Generator().manual_seed(seed)
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    G = attrs.group
+    x = torch.randn(1, c_in, *lengths, generator=gen, dtype=torch.float64)
+    cost = w.numel() * math.prod(lengths)
+    if cost <= _FULL_CHECK_MACS:
+        pairs = [(_reference(x, w, b, attrs, pads), _rewritten(x, nw, nb, low, G))]
+    else:
+        pairs = _sampled(x, attrs, pads, low, (w, b), (nw, nb), c_out_g, gen)
+    max_abs = max(float((a - r).abs().max()) if a.numel() else 0.0 for r, a in pairs)
+    scale = max(float(r.abs().max()) if r.numel() else 0.0 for r, _ in pairs)
+    for r, a in pairs:
+        if r.shape != a.shape:
+            raise VerificationError(f"rewritten node gives shape {tuple(a.shape)}, the ConvTranspose {tuple(r.shape)}")
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def _sampled(
+    x: torch.Tensor,
+    attrs: ConvTransposeAttrs,
+    pads: tuple[Sequence[int], Sequence[int]],
+    low: Lowering,
+    old: tuple[torch.Tensor, torch.Tensor | None],
+    new: tuple[torch.Tensor, torch.Tensor | None],
+    c_out_g: int,
+    gen: torch.Generator,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Reference and rewrite for a few output channels of a few groups (each group on its own)."""
+    (w, b), (nw, nb) = old, new
+    G, R = attrs.group, low.phases
+    c_in_g = w.shape[0] // G
+    groups = sorted({0, G // 2, G - 1})[:_SAMPLE_GROUPS]
+    count = min(c_out_g, _SAMPLE_CHANNELS)
+    pairs = []
+    for g in groups:
+        local = torch.randperm(c_out_g, generator=gen)[:count].sort().values
+        rows = ((g * c_out_g + local)[:, None] * R + torch.arange(R)[None, :]).reshape(-1)
+        xg = x[:, g * c_in_g : (g + 1) * c_in_g]
+        wg = w[g * c_in_g : (g + 1) * c_in_g][:, local]
+        bg = None if b is None else b[g * c_out_g + local]
+        sub = ConvTransposeAttrs(**{**attrs.__dict__, "group": 1})
+        ref = _reference(xg, wg, bg, sub, pads)
+        got = _rewritten(xg, nw[rows], None if nb is None else nb[rows], low, 1)
+        pairs.append((ref, got))
+    return pairs
+
+
+def check_file(path: Path) -> None:
+    """``onnx.checker.check_model(full_check=True)`` (strict shape inference included) on a written file."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VerificationError(f"the rewritten model fails onnx.checker ({first}); nothing was written") from None
+
+
+_NUMPY_OF = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _feeds(session: Any, shapes: Mapping[str, Sequence[int]], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, Any] = {}
+    used: dict[str, Any] = {}
+    for arg in session.get_inputs():
+        if arg.name in shapes:
+            shape = [int(d) for d in shapes[arg.name]]
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 8) for i, d in enumerate(arg.shape)]
+        kind = _NUMPY_OF.get(arg.type)
+        if kind is None:
+            raise TypeError(f"input {arg.name!r} of type {arg.type}")
+        if kind.startswith("float"):
+            value = rng.standard_normal(shape).astype(kind)
+        elif kind == "bool":
+            value = rng.integers(0, 2, shape).astype(bool)
+        else:
+            value = rng.integers(0, 4, shape).astype(kind)
+        feeds[arg.name] = value
+        used[arg.name] = shape
+    return feeds, used
+
+
+def end_to_end(
+    original: Path,
+    rewritten: Path,
+    *,
+    tolerance: float,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run both models in ONNX Runtime on the same random inputs and compare every output.
+
+    Returns what was compared (or why the check was skipped); raises :class:`VerificationError`
+    when an output differs by more than ``tolerance`` (relative to the output's largest value).
+    """
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed; only the per-node float64 checks ran"}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        before = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+        feeds, used = _feeds(before, input_shapes or {}, seed)
+        expected = before.run(None, feeds)
+    except Exception as e:  # the original itself does not run here: nothing to compare against
+        text = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        return {
+            "skipped": f"the original model does not run on random inputs in ONNX Runtime ({text}); "
+            "pass input_shapes={name: shape} to choose them"
+        }
+    try:
+        after = ort.InferenceSession(str(rewritten), options, providers=["CPUExecutionProvider"])
+        got = after.run(None, feeds)
+    except Exception as e:
+        text = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        raise VerificationError(
+            f"the rewritten model does not run in ONNX Runtime ({text}); nothing was written"
+        ) from None
+    outputs: dict[str, Any] = {}
+    worst = 0.0
+    for meta, a, b in zip(before.get_outputs(), expected, got, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise VerificationError(f"output {meta.name!r} has shape {b.shape}, the original {a.shape}")
+        if a.dtype.kind in "fc":
+            err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+            ref = float(np.max(np.abs(a.astype(np.float64)))) if a.size else 0.0
+            rel = err / ref if ref > 0 else err
+        else:
+            err = float(np.count_nonzero(a != b))
+            rel = err
+        outputs[meta.name] = {"shape": list(a.shape), "max_abs_error": err, "max_rel_error": rel}
+        worst = max(worst, rel)
+        if not rel <= tolerance:
+            raise VerificationError(
+                f"output {meta.name!r} differs from the original by {rel:.3g} relative (tolerance {tolerance:g}) "
+                "in ONNX Runtime; nothing was written"
+            )
+    return {"runtime": f"onnxruntime {ort.__version__}", "inputs": used, "outputs": outputs, "max_rel_error": worst}
