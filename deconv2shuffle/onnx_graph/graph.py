@@ -166,8 +166,12 @@ class GraphIndex:
                     value: TensorProto = attr.t
                     return value
             raise Unsupported(f"{role} {name!r} comes from a Constant without a tensor value")
-        what = f"a {node.op_type} node" if node is not None else "nothing in the graph"
-        raise Unsupported(f"{role} {name!r} is computed by {what}, not a constant")
+        if node is None:
+            raise Unsupported(f"{role} {name!r} is produced by nothing in the graph")
+        raise Unsupported(
+            f"{role} {name!r} is computed by a {node.op_type} node, not a constant "
+            "(fold constants when exporting, e.g. remove weight norm first)"
+        )
 
 
 def static_shapes(model: onnx.ModelProto, big: int = 4096) -> dict[str, tuple[int | None, ...]]:

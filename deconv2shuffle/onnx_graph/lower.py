@@ -54,15 +54,19 @@ class Lowering:
         return n
 
     def describe(self) -> str:
-        k = "x".join(map(str, self.kernel))
-        pads = ",".join(f"{b}/{a}" for b, a in zip(self.pads_before, self.pads_after, strict=True))
-        text = f"Conv {k} pad {pads}"
+        """E.g. ``Conv 2x2 pad 1 + shuffle 2 + crop 1`` (``b/a``: before/after; per axis when they differ)."""
+        text = f"Conv {'x'.join(map(str, self.kernel))} pad {_pairs(self.pads_before, self.pads_after)}"
         if self.phases > 1:
-            text += f" + shuffle {'x'.join(map(str, self.factors))}"
+            factors = self.factors
+            text += f" + shuffle {factors[0] if len(set(factors)) == 1 else 'x'.join(map(str, factors))}"
         if any(self.crop_before) or any(self.crop_after):
-            crops = ",".join(f"{b}/{a}" for b, a in zip(self.crop_before, self.crop_after, strict=True))
-            text += f" + crop {crops}"
+            text += f" + crop {_pairs(self.crop_before, self.crop_after)}"
         return text
+
+
+def _pairs(before: tuple[int, ...], after: tuple[int, ...]) -> str:
+    pairs = [str(b) if b == a else f"{b}/{a}" for b, a in zip(before, after, strict=True)]
+    return pairs[0] if len(set(pairs)) == 1 else ",".join(pairs)
 
 
 def lower(
@@ -85,12 +89,18 @@ def lower(
     bit for bit. ``channel_vectors`` (one value per output channel, e.g. per-channel scales) come
     back in :attr:`Lowering.channels` laid out along the Conv's output channels.
     """
-    extend = tuple(max(0, op - e) for op, e in zip(output_padding, end, strict=True))
+    shared = tuple(
+        _shared_padding(k, r, d, op, b, e)
+        for k, r, d, op, b, e in zip(kernel, strides, dilations, output_padding, begin, end, strict=True)
+    )
+    extend = tuple(max(0, op - e + m) for op, e, m in zip(output_padding, end, shared, strict=True))
     source = TransposedConv.make(
-        tuple(kernel), tuple(strides), 0, extend, tuple(dilations), groups=group, rank=len(kernel)
+        tuple(kernel), tuple(strides), shared, extend, tuple(dilations), groups=group, rank=len(kernel)
     )
     plan = smallest(source, "tight")
-    crop_after = tuple(c + x - op + e for c, x, op, e in zip(plan.crop, extend, output_padding, end, strict=True))
+    crop_after = tuple(
+        c + x + e - m - op for c, x, e, m, op in zip(plan.crop, extend, end, shared, output_padding, strict=True)
+    )
     rewritten = None if weight is None else transposed_to_subpixel(weight, bias, plan)
     placed = None
     if weight is not None and want_placed:
@@ -105,7 +115,7 @@ def lower(
         pads_before=plan.target.pad_before,
         pads_after=plan.target.pad_after,
         factors=plan.factors,
-        crop_before=tuple(begin),
+        crop_before=tuple(b - m for b, m in zip(begin, shared, strict=True)),
         crop_after=crop_after,
         macs_ratio=plan.macs_ratio,
         weight=None if rewritten is None else rewritten.weight,
@@ -113,3 +123,21 @@ def lower(
         placed=placed,
         channels=tuple(channels),
     )
+
+
+def _shared_padding(k: int, r: int, d: int, op: int, begin: int, end: int) -> int:
+    """The padding ``m <= min(begin, end)`` handed to the engine for one axis.
+
+    Every ``m`` is exact (the rest of ``begin``/``end`` is cropped); ``m mod r`` shifts the phases,
+    so it decides the kernel width. Pick the narrowest kernel, then the fewest conv cells.
+    """
+    best: tuple[tuple[int, int], int] | None = None
+    for m in range(min(begin, end) + 1):
+        extend = max(0, op - end + m)
+        plan = smallest(TransposedConv.make(k, r, m, extend, d, rank=1), "tight")
+        (K,), (pb,), (pa,) = plan.target.kernel_size, plan.target.pad_before, plan.target.pad_after
+        key = (K, pb + pa - K)
+        if best is None or key < best[0]:
+            best = (key, m)
+    assert best is not None
+    return best[1]
