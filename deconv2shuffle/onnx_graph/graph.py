@@ -7,7 +7,7 @@ of width 1, 2, 4 or 8 bytes is carried bit for bit, including those torch has no
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
 
 import onnx
@@ -209,10 +209,14 @@ def static_shapes(model: onnx.ModelProto, big: int = 4096) -> dict[str, tuple[in
     return out
 
 
-def opset_blockers(model: onnx.ModelProto, old: int, new: int) -> list[str]:
-    """Operators of the model whose definition differs between default-domain opsets ``old`` and ``new``."""
+def opset_blockers(model: onnx.ModelProto, old: int, new: int, skip: Set[int] = frozenset()) -> list[str]:
+    """Operators whose definition differs between default-domain opsets ``old`` and ``new``.
+
+    ``skip``: positions of main-graph nodes that will be replaced (their definition does not matter).
+    """
     changed: set[str] = set()
-    for node in all_nodes(model.graph):
+    kept = (n for i, n in enumerate(model.graph.node) if i not in skip)
+    for node in (inner for top in kept for inner in _with_subgraphs(top)):
         if node.domain not in ("", "ai.onnx"):
             continue
         try:
@@ -224,6 +228,12 @@ def opset_blockers(model: onnx.ModelProto, old: int, new: int) -> list[str]:
         if a != b:
             changed.add(node.op_type)
     return sorted(changed)
+
+
+def _with_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    yield node
+    for sub in subgraphs(node):
+        yield from all_nodes(sub)
 
 
 def set_opset(model: onnx.ModelProto, version: int) -> None:

@@ -59,7 +59,7 @@ def _choose_opset(model: onnx.ModelProto, opset: int, plans: list[NodePlan], rep
     wants = [p for p in plans if p.attrs.rank == 2 and p.attrs.strides[0] == p.attrs.strides[1] > 1]
     if opset >= D2S_OPSET or not wants:
         return opset
-    blockers = opset_blockers(model, opset, D2S_OPSET)
+    blockers = opset_blockers(model, opset, D2S_OPSET, {p.position for p in plans})
     if blockers:
         report.notes.append(
             f"opset {opset} kept: raising it to {D2S_OPSET} for DepthToSpace CRD would change {', '.join(blockers)}; "
@@ -194,7 +194,8 @@ def inspect_onnx(src: str | Path) -> OnnxReport:
         plan.result.new_weight_shape += list(low.kernel)
     if plans and loaded.opset < D2S_OPSET:
         wants = [p for p in plans if p.attrs.rank == 2 and p.attrs.strides[0] == p.attrs.strides[1] > 1]
-        blockers = opset_blockers(loaded.model, loaded.opset, D2S_OPSET) if wants else []
+        skip = {p.position for p in plans}
+        blockers = opset_blockers(loaded.model, loaded.opset, D2S_OPSET, skip) if wants else []
         if wants and not blockers:
             report.opset_raised_to = D2S_OPSET
     report.ok = True

@@ -199,7 +199,7 @@ def end_to_end(
     except ImportError:
         return {"skipped": "onnxruntime is not installed; only the per-node float64 checks ran"}
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         before = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
         feeds, used = _feeds(before, input_shapes or {}, seed)
