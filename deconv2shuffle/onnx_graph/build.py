@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from .attrs import ConvTransposeAttrs, Unsupported
-from .graph import Names
+from .graph import Names, from_torch
 from .lower import Lowering
 
 INT64_MAX = 2**63 - 1
@@ -30,17 +31,25 @@ INT64_MAX = 2**63 - 1
 
 @dataclass
 class Emitter:
-    """Collects new nodes and int64 constant initializers with fresh, derived names."""
+    """Collects new nodes; adds new initializers straight to ``graph`` (a weight is copied only once).
 
+    Every name is fresh and derived from ``base`` (the ConvTranspose's name).
+    """
+
+    graph: onnx.GraphProto
     names: Names
     opset: int
     base: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
-    initializers: list[TensorProto] = field(default_factory=list)
 
     def const(self, label: str, values: Sequence[int]) -> str:
         name = self.names.fresh(f"{self.base}/{label}")
-        self.initializers.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], list(values)))
+        self.graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], list(values)))
+        return name
+
+    def tensor(self, base: str, values: torch.Tensor, data_type: int) -> str:
+        name = self.names.fresh(base)
+        from_torch(values, name, data_type, into=self.graph.initializer.add())
         return name
 
     def node(self, op: str, inputs: Sequence[str], label: str, output: str | None = None, **attrs: Any) -> str:

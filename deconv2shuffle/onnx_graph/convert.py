@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from ..errors import VerificationError
 from .attrs import ConvTransposeAttrs, Padding, Unsupported, parse_attrs, resolve_padding
 from .build import Emitter, conv_lengths, emit_conv, emit_crop, emit_shape_crop, emit_shuffle
-from .graph import FLOATS, GraphIndex, Names, from_torch, to_torch, type_name
+from .graph import FLOATS, GraphIndex, Names, to_torch, type_name
 from .lower import Lowering, lower
 from .qdq import Quantized, dequantize, fill_new_taps, read_dequantize, weight_layout
 from .report import OnnxNodeResult
@@ -107,11 +107,13 @@ def _static_padding(plan: NodePlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return plan.padding.begin, plan.padding.end
 
 
-def rewrite_node(plan: NodePlan, names: Names, opset: int, *, verify: bool, seed: int) -> Emitter:
+def rewrite_node(
+    plan: NodePlan, graph: onnx.GraphProto, names: Names, opset: int, *, verify: bool, seed: int
+) -> Emitter:
     """Build the replacement of one planned node; checks it in float64 first when ``verify``."""
     a, node = plan.attrs, plan.node
     begin, end = _static_padding(plan)
-    em = Emitter(names, opset, base=node.name or names.fresh(f"ConvTranspose_{node.output[0]}"))
+    em = Emitter(graph, names, opset, base=node.name or names.fresh(f"ConvTranspose_{node.output[0]}"))
     w, wq = to_torch(plan.weight.tensor), plan.weight.quant
     b = None if plan.bias is None else to_torch(plan.bias.tensor)
     bq = None if plan.bias is None else plan.bias.quant
@@ -168,18 +170,15 @@ def _weight_input(
     em: Emitter, operand: Operand, values: torch.Tensor, vectors: tuple[torch.Tensor, ...], axis: int | None
 ) -> str:
     """The new constant (or DequantizeLinear of new constants) the Conv reads."""
-    name = em.names.fresh(f"{operand.value}_subpixel")
-    em.initializers.append(from_torch(values, name, operand.tensor.data_type))
+    name = em.tensor(f"{operand.value}_subpixel", values, operand.tensor.data_type)
     quant = operand.quant
     if quant is None:
         return name
     scale, zero = quant.node.input[1], quant.node.input[2] if len(quant.node.input) > 2 else ""
     if vectors:
-        scale = em.names.fresh(f"{quant.node.input[1]}_subpixel")
-        em.initializers.append(from_torch(vectors[0], scale, quant.scale.data_type))
-        if zero:
-            zero = em.names.fresh(f"{quant.node.input[2]}_subpixel")
-            em.initializers.append(from_torch(vectors[1], zero, quant.zero_point.data_type))  # type: ignore[union-attr]
+        scale = em.tensor(f"{quant.node.input[1]}_subpixel", vectors[0], quant.scale.data_type)
+        if zero and quant.zero_point is not None:
+            zero = em.tensor(f"{quant.node.input[2]}_subpixel", vectors[1], quant.zero_point.data_type)
     attrs = {a.name: helper.get_attribute_value(a) for a in quant.node.attribute if a.name != "axis"}
     if axis is not None:
         attrs["axis"] = axis

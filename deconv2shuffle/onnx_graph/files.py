@@ -142,7 +142,7 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
         )
     files = _external_files(model, path)
     try:
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxModelError(f"{path}: the model fails onnx.checker ({first}); fix or re-export it") from None
@@ -154,6 +154,36 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
         except (OSError, ValueError) as e:
             raise OnnxModelError(f"{path}: cannot read its external data ({e})") from None
     return LoadedModel(path=path, model=model, external_files=files, opset=opset)
+
+
+def skeleton(model: onnx.ModelProto, big: int = 4096) -> onnx.ModelProto:
+    """The model without its weights: each large or external initializer becomes a typed graph input.
+
+    Checks and shape inference look at types and shapes only; on the skeleton they never copy
+    or read the weights (protobuf would copy them, and cannot hold more than 2 GiB).
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    sk = type(model)()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g = sk.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    declared = {v.name for v in graph.input}
+    for t in graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL or len(t.raw_data) > big:
+            if t.name not in declared:
+                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.append(t)
+    return sk
 
 
 def data_file_name(dst: Path) -> str:

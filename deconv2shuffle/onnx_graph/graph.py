@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from .attrs import Unsupported
+from .files import skeleton
 
 # ONNX element type -> the torch dtype of the same width used to carry its bits.
 _CARRIER: dict[int, torch.dtype] = {
@@ -68,9 +69,9 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def from_torch(values: torch.Tensor, name: str, data_type: int) -> TensorProto:
-    """A ``TensorProto`` named ``name`` of element type ``data_type`` holding ``values``'s bytes."""
-    proto = TensorProto()
+def from_torch(values: torch.Tensor, name: str, data_type: int, into: TensorProto | None = None) -> TensorProto:
+    """A ``TensorProto`` (``into``, or a new one) named ``name`` of type ``data_type`` holding ``values``'s bytes."""
+    proto = TensorProto() if into is None else into
     proto.name = name
     proto.data_type = data_type
     proto.dims.extend(values.shape)
@@ -174,29 +175,12 @@ class GraphIndex:
         )
 
 
-def static_shapes(model: onnx.ModelProto, big: int = 4096) -> dict[str, tuple[int | None, ...]]:
+def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Inferred shapes of the main graph's values (None for unknown dimensions).
 
-    Shape inference runs on a copy that carries large initializers as typed graph inputs instead
-    of data, so that it never copies the weights.
+    Shape inference runs on the model's :func:`~.files.skeleton`, so it never copies the weights.
     """
-    graph = model.graph
-    sk = onnx.ModelProto()
-    sk.ir_version = model.ir_version
-    sk.opset_import.extend(model.opset_import)
-    sk.functions.extend(model.functions)
-    g = sk.graph
-    g.node.extend(graph.node)
-    g.input.extend(graph.input)
-    g.output.extend(graph.output)
-    g.value_info.extend(graph.value_info)
-    declared = {v.name for v in graph.input}
-    for t in graph.initializer:
-        if len(t.raw_data) > big:
-            if t.name not in declared:
-                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            g.initializer.append(t)
+    sk = skeleton(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(sk)
     except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):

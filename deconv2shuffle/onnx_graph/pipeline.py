@@ -16,7 +16,7 @@ from .convert import NodePlan, geometry, plan_node, rewrite_node
 from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes, write_model
 from .graph import GraphIndex, Names, all_nodes, opset_blockers, remove_unused, set_opset, static_shapes
 from .report import OnnxReport
-from .verify import check_file
+from .verify import check_graph
 from .verify import end_to_end as run_end_to_end
 
 D2S_OPSET = 11
@@ -81,14 +81,13 @@ def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, v
     obsolete: set[str] = set()
     replacements = []
     for plan in plans:
-        em = rewrite_node(plan, names, opset, verify=verify, seed=seed)
+        em = rewrite_node(plan, graph, names, opset, verify=verify, seed=seed)
         replacements.append((plan.position, em))
         obsolete.update(i for i in plan.node.input[1:] if i)
     for position, em in sorted(replacements, key=lambda r: r[0], reverse=True):
         del graph.node[position]
         for new in reversed(em.nodes):
             graph.node.insert(position, new)
-        graph.initializer.extend(em.initializers)
     return remove_unused(graph, obsolete)
 
 
@@ -141,10 +140,10 @@ def migrate_onnx(
     if not verify:
         report.notes.append("per-node float64 checks were not run (verify=False)")
     external = _external(loaded, external_data, dst, report)
+    check_graph(loaded.model)
+    report.checks.append("onnx.checker full check (strict shape inference included): passed")
 
     def check(staged: Path) -> None:
-        check_file(staged)
-        report.checks.append("onnx.checker full check (strict shape inference included): passed")
         if end_to_end:
             report.end_to_end = run_end_to_end(src, staged, tolerance=tolerance, input_shapes=input_shapes, seed=seed)
         else:
