@@ -2,9 +2,9 @@
 
     python benchmarks/onnx_rewrite.py [--size-mb 500] [--dir /tmp] [--repeat 3]
 
-Builds a model with about ``--size-mb`` of float32 weights, nearly all of them ConvTranspose
-weights (k4 s2 p1 and k2 s2 branches on one input, plus a 1x1 Conv that is only carried along),
-then times, in this run (median of ``--repeat``, order alternated, page cache warm):
+Builds a model with about ``--size-mb`` of float32 weights (``--case decoder``: four
+ConvTranspose layers and large MatMul weights carried along; ``--case convtranspose``: nothing
+but ConvTranspose weights, the worst case), then times, in this run (median of ``--repeat``, order alternated, page cache warm):
 
 - baseline: ``onnx.load`` + ``onnx.save`` of the same file
 - ``migrate_onnx`` with every check (per-node float64, ``onnx.checker`` full check, ONNX Runtime
@@ -23,41 +23,64 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def build(path: Path, size_mb: float) -> int:
+def build(path: Path, size_mb: float, case: str) -> int:
+    """Write the benchmark model; returns its size in bytes.
+
+    ``decoder``: four ConvTranspose layers (k4 s2 p1, k4 s2 p1, k2 s2, k3 s2 p1 op1, about 2.7 MB)
+    after which 4096x4096 MatMul weights fill up the size, as in a model whose upsampling is a
+    small part. ``convtranspose``: every weight is a ConvTranspose weight (1024x1024 k4 s2 p1
+    branches and one k2 s2), the worst case for the rewrite.
+    """
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    channels, nodes, inits, outputs = 1024, [], [], []
-    per_branch = channels * channels * 16 * 4
-    branches = max(1, round(size_mb * 2**20 / per_branch) - 1)
-    for i in range(branches):
-        w = rng.standard_normal((channels, channels, 4, 4), dtype=np.float32)
-        inits.append(numpy_helper.from_array(w, f"up{i}.weight"))
-        inits.append(numpy_helper.from_array(rng.standard_normal(channels, dtype=np.float32), f"up{i}.bias"))
-        nodes.append(
-            helper.make_node(
-                "ConvTranspose", ["x", f"up{i}.weight", f"up{i}.bias"], [f"y{i}"], name=f"up{i}", strides=[2, 2],
-                pads=[1, 1, 1, 1],
+    nodes, inits, outputs = [], [], []
+
+    def weight(name: str, *shape: int) -> str:
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32), name))
+        return name
+
+    def up(name: str, x: str, c_in: int, c_out: int, k: int, **attrs: object) -> str:
+        inputs = [x, weight(f"{name}.weight", c_in, c_out, k, k), weight(f"{name}.bias", c_out)]
+        nodes.append(helper.make_node("ConvTranspose", inputs, [name], name=name, strides=[2, 2], **attrs))
+        return name
+
+    budget = int(size_mb * 2**20)
+    if case == "decoder":
+        h = up("dec0", "x", 256, 128, 4, pads=[1, 1, 1, 1])
+        h = up("dec1", h, 128, 64, 4, pads=[1, 1, 1, 1])
+        h = up("dec2", h, 64, 32, 2)
+        outputs.append(up("dec3", h, 32, 16, 3, pads=[1, 1, 1, 1], output_padding=[1, 1]))
+        z = "z"
+        for i in range(max(1, (budget - 2_800_000) // (4096 * 4096 * 4))):
+            nodes.append(
+                helper.make_node("MatMul", [z, weight(f"fc{i}.weight", 4096, 4096)], [f"fc{i}"], name=f"fc{i}")
             )
-        )  # fmt: skip
-        outputs.append(f"y{i}")
-    w = rng.standard_normal((channels, channels // 4, 2, 2), dtype=np.float32)
-    inits.append(numpy_helper.from_array(w, "pair.weight"))
-    nodes.append(helper.make_node("ConvTranspose", ["x", "pair.weight"], ["pair"], name="pair", strides=[2, 2]))
-    inits.append(numpy_helper.from_array(rng.standard_normal((256, channels, 1, 1), dtype=np.float32), "mix.weight"))
-    nodes.append(helper.make_node("Conv", ["x", "mix.weight"], ["mix"], name="mix"))
-    outputs += ["pair", "mix"]
+            z = f"fc{i}"
+        outputs.append(z)
+        inputs = [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 4, 4]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4096]),
+        ]
+    else:
+        channels = 1024
+        for i in range(max(1, budget // (channels * channels * 16 * 4) - 1)):
+            outputs.append(up(f"up{i}", "x", channels, channels, 4, pads=[1, 1, 1, 1]))
+        outputs.append(up("pair", "x", channels, channels // 4, 2))
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 2, 2])]
     graph = helper.make_graph(
         nodes,
         "bench",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 2, 2])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * 4) for o in outputs],
+        inputs,
+        [
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * (2 if o.startswith("fc") else 4))
+            for o in outputs
+        ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path.stat().st_size
 
 
@@ -72,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=500)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--case", choices=["decoder", "convtranspose"], default="decoder")
     args = parser.parse_args()
 
     import onnx
@@ -81,8 +105,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
         src, copy, out = folder / "model.onnx", folder / "copy.onnx", folder / "out.onnx"
-        size = build(src, args.size_mb)
-        print(f"model: {size / 2**20:.0f} MiB of which ConvTranspose weights are nearly all")
+        size = build(src, args.size_mb, args.case)
+        print(f"model ({args.case}): {size / 2**20:.0f} MiB")
 
         def baseline() -> None:
             onnx.save(onnx.load(str(src)), str(copy))

@@ -178,7 +178,7 @@ def skeleton(model: onnx.ModelProto, big: int = 4096) -> onnx.ModelProto:
     g.sparse_initializer.extend(graph.sparse_initializer)
     declared = {v.name for v in graph.input}
     for t in graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL or len(t.raw_data) > big:
+        if t.data_location == TensorProto.EXTERNAL or _nbytes(t) > big:
             if t.name not in declared:
                 g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -205,10 +205,23 @@ def check_destination(src: Path, dst: Path, *, force: bool, input_files: tuple[P
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of tensor data held in memory by the model (raw data of every tensor)."""
+    """Bytes of tensor data the model holds (from shapes: reading ``raw_data`` would copy it)."""
     from onnx.external_data_helper import _get_all_tensors
 
-    return sum(len(t.raw_data) for t in _get_all_tensors(model))
+    return sum(_nbytes(t) for t in _get_all_tensors(model))
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    from onnx import helper
+
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    try:
+        width = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        width = 8
+    return count * width
 
 
 def _fsync(path: Path) -> None:
