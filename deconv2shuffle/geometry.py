@@ -8,6 +8,12 @@ A stride-1 convolution with kernel ``K`` and leading padding ``P`` computes
 ``z[q] = sum_j x[q + j - P] * w[j]``, so the tap lands on ``j = off + P``. Axes are
 independent, so every plan here is a tuple of per-axis plans.
 
+Cropping ``C`` cells at the start of the shuffled output (``Y' = Y + C``) is the same as lowering
+the source padding by ``C``: offsets become ``(s' + p - C - t*d) // r``. A shift ``C mod r``
+lines the phases up so that all taps fit one narrow window (the ``minimal`` mode); a multiple
+of ``r`` moves every offset by one cell. A source with different padding at the two ends
+(ONNX ``pads`` begin != end) changes only the output length, never the taps.
+
 Nothing in this module knows about tensors, files or terminals.
 """
 
@@ -19,101 +25,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import GeometryError
+from .transposed import IntOrSeq as IntOrSeq
+from .transposed import TransposedConv as TransposedConv
+from .transposed import _fmt, _per_axis
+from .transposed import subpixel_to_transposed as subpixel_to_transposed
 
-IntOrSeq = int | Sequence[int]
-Mode = Literal["symmetric", "tight"]
-
-
-def _per_axis(value: IntOrSeq, rank: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * rank
-    values = tuple(int(v) for v in value)
-    if len(values) == 1:
-        return values * rank
-    if len(values) != rank:
-        raise GeometryError(f"{name} has {len(values)} values but the layer has {rank} spatial axes")
-    return values
-
-
-@dataclass(frozen=True)
-class TransposedConv:
-    """Hyperparameters of a ``ConvTranspose{1,2,3}d`` layer (one value per spatial axis)."""
-
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    output_padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int = 1
-
-    @classmethod
-    def make(
-        cls,
-        kernel_size: IntOrSeq,
-        stride: IntOrSeq,
-        padding: IntOrSeq = 0,
-        output_padding: IntOrSeq = 0,
-        dilation: IntOrSeq = 1,
-        groups: int = 1,
-        rank: int | None = None,
-    ) -> TransposedConv:
-        """Build and validate from ints or per-axis sequences (the rank comes from the kernel)."""
-        if rank is None:
-            rank = 1 if isinstance(kernel_size, int) else len(tuple(kernel_size))
-        if rank not in (1, 2, 3):
-            raise GeometryError(f"only 1, 2 or 3 spatial axes are supported, got {rank}")
-        geo = cls(
-            kernel_size=_per_axis(kernel_size, rank, "kernel_size"),
-            stride=_per_axis(stride, rank, "stride"),
-            padding=_per_axis(padding, rank, "padding"),
-            output_padding=_per_axis(output_padding, rank, "output_padding"),
-            dilation=_per_axis(dilation, rank, "dilation"),
-            groups=int(groups),
-        )
-        geo.validate()
-        return geo
-
-    @property
-    def rank(self) -> int:
-        return len(self.kernel_size)
-
-    def validate(self) -> None:
-        for k, r, p, op, d in zip(
-            self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation, strict=True
-        ):
-            if k < 1 or r < 1 or d < 1:
-                raise GeometryError(f"kernel_size, stride and dilation must be >= 1 (got k={k}, stride={r}, d={d})")
-            if p < 0 or op < 0:
-                raise GeometryError(f"padding and output_padding must be >= 0 (got p={p}, op={op})")
-            if op >= max(r, d):
-                raise GeometryError(
-                    f"output_padding {op} must be smaller than stride {r} or dilation {d} (torch's own rule)"
-                )
-        if self.groups < 1:
-            raise GeometryError(f"groups must be >= 1, got {self.groups}")
-
-    def output_length(self, length: Sequence[int]) -> tuple[int, ...]:
-        """Output length per axis for input length per axis."""
-        return tuple(
-            (h - 1) * r - 2 * p + d * (k - 1) + op + 1
-            for h, k, r, p, op, d in zip(
-                length, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation, strict=True
-            )
-        )
-
-    def describe(self) -> str:
-        parts = [f"k{_fmt(self.kernel_size)}", f"s{_fmt(self.stride)}", f"p{_fmt(self.padding)}"]
-        if any(self.output_padding):
-            parts.append(f"op{_fmt(self.output_padding)}")
-        if any(d != 1 for d in self.dilation):
-            parts.append(f"d{_fmt(self.dilation)}")
-        if self.groups != 1:
-            parts.append(f"g{self.groups}")
-        return " ".join(parts)
-
-
-def _fmt(values: tuple[int, ...]) -> str:
-    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+Mode = Literal["symmetric", "tight", "minimal"]
+MODES: tuple[Mode, ...] = ("symmetric", "tight", "minimal")
 
 
 @dataclass(frozen=True)
@@ -127,7 +45,11 @@ class Tap:
 
 @dataclass(frozen=True)
 class AxisPlan:
-    """The phase decomposition of one axis, independent of any target geometry."""
+    """The phase decomposition of one axis for one start crop (``crop_start`` cells, default none).
+
+    ``phase`` and ``offset`` of each tap are those of the conv channel it is written to, i.e. after
+    the shift: ``offset = (phase + padding - crop_start - source*dilation) // stride``.
+    """
 
     kernel: int
     stride: int
@@ -135,16 +57,33 @@ class AxisPlan:
     output_padding: int
     dilation: int
     taps: tuple[Tap, ...]
+    padding_end: int | None = None
+    crop_start: int = 0
 
     @classmethod
-    def build(cls, k: int, r: int, p: int, op: int, d: int) -> AxisPlan:
+    def build(
+        cls, k: int, r: int, p: int, op: int, d: int, *, padding_end: int | None = None, crop_start: int = 0
+    ) -> AxisPlan:
         taps = []
         for s in range(r):
             for t in range(k):
-                num = s + p - t * d
+                num = s + p - crop_start - t * d
                 if num % r == 0:
                     taps.append(Tap(phase=s, source=t, offset=num // r))
-        return cls(kernel=k, stride=r, padding=p, output_padding=op, dilation=d, taps=tuple(taps))
+        return cls(
+            kernel=k,
+            stride=r,
+            padding=p,
+            output_padding=op,
+            dilation=d,
+            taps=tuple(taps),
+            padding_end=padding_end,
+            crop_start=crop_start,
+        )
+
+    @property
+    def pad_end(self) -> int:
+        return self.padding if self.padding_end is None else self.padding_end
 
     @property
     def min_offset(self) -> int:
@@ -155,23 +94,43 @@ class AxisPlan:
         return max(t.offset for t in self.taps)
 
     @property
+    def window(self) -> int:
+        """Width of the smallest kernel that holds every tap: ``max(off) - min(off) + 1``."""
+        return self.max_offset - self.min_offset + 1
+
+    @property
     def extra_cells(self) -> int:
-        """``ceil(L / r) - H``: how many more conv cells than input cells are needed (H-free)."""
-        return -1 + math.ceil(
-            (self.dilation * (self.kernel - 1) + self.output_padding + 1 - 2 * self.padding) / self.stride
-        )
+        """``ceil((crop_start + L) / r) - H``: conv cells needed beyond the input length (H-free)."""
+        reach = self.dilation * (self.kernel - 1) + self.output_padding + 1 - self.padding - self.pad_end
+        return -1 + math.ceil((self.crop_start + reach) / self.stride)
 
     def source_length(self, h: int) -> int:
-        return (h - 1) * self.stride - 2 * self.padding + self.dilation * (self.kernel - 1) + self.output_padding + 1
+        return (
+            (h - 1) * self.stride
+            - self.padding
+            - self.pad_end
+            + self.dilation * (self.kernel - 1)
+            + (self.output_padding + 1)
+        )
 
 
 @dataclass(frozen=True)
 class TargetGeometry:
-    """A stride-1 target convolution: kernel and (possibly asymmetric) zero padding per axis."""
+    """A stride-1 target convolution: kernel, (possibly asymmetric) zero padding, start crop per axis.
+
+    ``crop_start`` cells are cropped from the start of each axis after the shuffle (the phase
+    shift of the ``minimal`` mode); left empty it is zero. The end crop follows from the rest and
+    is :attr:`SubPixelPlan.crop_end`.
+    """
 
     kernel_size: tuple[int, ...]
     pad_before: tuple[int, ...]
     pad_after: tuple[int, ...]
+    crop_start: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.crop_start:
+            object.__setattr__(self, "crop_start", (0,) * len(self.kernel_size))
 
     @property
     def symmetric(self) -> bool:
@@ -186,10 +145,11 @@ class TargetGeometry:
 
     def describe(self) -> str:
         k = "x".join(map(str, self.kernel_size))
-        if self.symmetric:
-            return f"{k} pad {_fmt(self.pad_before)}"
-        pads = ",".join(f"{b}/{a}" for b, a in zip(self.pad_before, self.pad_after, strict=True))
-        return f"{k} pad {pads}"
+        pads = _fmt(self.pad_before)
+        if not self.symmetric:
+            pads = ",".join(f"{b}/{a}" for b, a in zip(self.pad_before, self.pad_after, strict=True))
+        crop = f", crop {_fmt(self.crop_start)} at start" if any(self.crop_start) else ""
+        return f"{k} pad {pads}{crop}"
 
 
 @dataclass(frozen=True)
@@ -203,7 +163,7 @@ class OutsideTap:
 
 @dataclass(frozen=True)
 class SubPixelPlan:
-    """A transposed convolution placed into a stride-1 conv + pixel shuffle (+ crop)."""
+    """A transposed convolution placed into a stride-1 conv + pixel shuffle + crop at both ends."""
 
     source: TransposedConv
     axes: tuple[AxisPlan, ...]
@@ -229,16 +189,35 @@ class SubPixelPlan:
         return not self.outside and not self.short_axes
 
     @property
-    def crop(self) -> tuple[int, ...]:
+    def crop_start(self) -> tuple[int, ...]:
+        """Cells cropped from the start of each axis after the shuffle."""
+        return self.target.crop_start
+
+    @property
+    def shift(self) -> tuple[int, ...]:
+        """The phase shift per axis: ``crop_start mod stride``."""
+        return tuple(c % r for c, r in zip(self.crop_start, self.factors, strict=True))
+
+    @property
+    def crop_end(self) -> tuple[int, ...]:
         """Cells cropped from the end of each axis after the shuffle (independent of input size)."""
         out = []
-        for ax, K, pb, pa in zip(
-            self.axes, self.target.kernel_size, self.target.pad_before, self.target.pad_after, strict=True
+        for ax, K, pb, pa, c in zip(
+            self.axes,
+            self.target.kernel_size,
+            self.target.pad_before,
+            self.target.pad_after,
+            self.target.crop_start,
+            strict=True,
         ):
-            conv_minus_h = pb + pa - K + 1
-            src_minus_rh = -ax.stride - 2 * ax.padding + ax.dilation * (ax.kernel - 1) + ax.output_padding + 1
-            out.append(ax.stride * conv_minus_h - src_minus_rh)
+            # r * conv cells - start crop - source length; every term is H*r plus a constant
+            out.append(ax.stride * (pb + pa - K + 1) - c - ax.source_length(0))
         return tuple(out)
+
+    @property
+    def crop(self) -> tuple[int, ...]:
+        """The end crop (:attr:`crop_end`); the start crop is :attr:`crop_start`."""
+        return self.crop_end
 
     @property
     def macs_ratio(self) -> float:
@@ -257,58 +236,110 @@ class SubPixelPlan:
         )
 
 
-def plan_axes(source: TransposedConv) -> tuple[AxisPlan, ...]:
+def plan_axes(source: TransposedConv, crop_start: Sequence[int] | None = None) -> tuple[AxisPlan, ...]:
+    crops = tuple(crop_start) if crop_start else (0,) * source.rank
     return tuple(
-        AxisPlan.build(k, r, p, op, d)
-        for k, r, p, op, d in zip(
-            source.kernel_size, source.stride, source.padding, source.output_padding, source.dilation, strict=True
+        AxisPlan.build(k, r, p, op, d, padding_end=pe, crop_start=c)
+        for k, r, p, op, d, pe, c in zip(
+            source.kernel_size,
+            source.stride,
+            source.padding,
+            source.output_padding,
+            source.dilation,
+            source.padding_end,
+            crops,
+            strict=True,
         )
     )
+
+
+def _minimal_axis(k: int, r: int, p: int, op: int, d: int, pe: int) -> tuple[int, int, int, int]:
+    """``(K, pad_before, pad_after, crop_start)`` of the narrowest window over every phase shift.
+
+    Ties go to the fewest conv cells, then to symmetric padding, then to the smallest shift.
+    """
+    best: tuple[tuple[int, int, bool, int], tuple[int, int, int, int]] | None = None
+    for c in range(r):
+        ax = AxisPlan.build(k, r, p, op, d, padding_end=pe, crop_start=c)
+        lo, hi = ax.min_offset, ax.max_offset
+        crop = c + r * max(lo, 0)  # whole cells of start crop instead of a kernel that starts late
+        pb = max(-lo, 0)
+        K = hi - lo + 1
+        extra = AxisPlan.build(k, r, p, op, d, padding_end=pe, crop_start=crop).extra_cells
+        pa = max(extra + K - 1 - pb, 0)
+        key = (K, pb + pa, pb != pa, crop)
+        if best is None or key < best[0]:
+            best = (key, (K, pb, pa, crop))
+    assert best is not None
+    return best[1]
 
 
 def smallest(source: TransposedConv, mode: Mode = "symmetric") -> SubPixelPlan:
     """The smallest exact target geometry.
 
-    ``symmetric``: one padding per axis (what ``nn.ConvNd(padding=P)`` takes).
-    ``tight``: the smallest kernel, with padding before and after chosen separately.
+    ``symmetric``: one padding per axis (what ``nn.ConvNd(padding=P)`` takes), crop at the end only.
+    ``tight``: the smallest kernel without a phase shift, padding before and after chosen separately.
+    ``minimal``: the cheapest form: per axis the phase shift whose taps fit the narrowest window,
+    then padding before/after and a crop at both ends (see :func:`cheapest`).
     """
-    axes = plan_axes(source)
-    ks, pbs, pas = [], [], []
-    for ax in axes:
+    if mode not in MODES:
+        raise GeometryError(f"geometry {mode!r} is not one of {', '.join(MODES)}")
+    ks, pbs, pas, crops = [], [], [], []
+    for ax in plan_axes(source):
         lo, hi, extra = ax.min_offset, ax.max_offset, ax.extra_cells
+        crop = 0
         if mode == "symmetric":
             P = max(-lo, extra + hi, 0)
             K = P + hi + 1
             pb = pa = P
-        else:
+        elif mode == "tight":
             pb = max(-lo, 0)
             K = hi + pb + 1
             pa = max(extra + K - 1 - pb, 0)
+        else:
+            K, pb, pa, crop = _minimal_axis(
+                ax.kernel, ax.stride, ax.padding, ax.output_padding, ax.dilation, ax.pad_end
+            )
         ks.append(K)
         pbs.append(pb)
         pas.append(pa)
-    target = TargetGeometry(tuple(ks), tuple(pbs), tuple(pas))
+        crops.append(crop)
+    target = TargetGeometry(tuple(ks), tuple(pbs), tuple(pas), tuple(crops))
     result = fit(source, target)
     assert result.exact, result.reasons  # the formulas above guarantee it; fit() re-checks
     return result
 
 
+def cheapest(source: TransposedConv) -> SubPixelPlan:
+    """The exact form with the fewest multiply-adds (``smallest(source, "minimal")``).
+
+    Per axis no exact form, whatever its phase shift, padding or crops, has a smaller kernel;
+    for dilation 1 the kernel is at least ``ceil(k / r)``.
+    """
+    return smallest(source, "minimal")
+
+
 def fit(source: TransposedConv, target: TargetGeometry | tuple[IntOrSeq, IntOrSeq]) -> SubPixelPlan:
     """Place ``source`` into a given target geometry and say whether that is exact, and if not why.
 
-    ``target`` is a :class:`TargetGeometry` or ``(kernel_size, padding)`` with symmetric padding.
+    ``target`` is a :class:`TargetGeometry` or ``(kernel_size, padding)`` with symmetric padding
+    and no start crop.
     """
     if not isinstance(target, TargetGeometry):
         kernel, padding = target
         ks = _per_axis(kernel, source.rank, "target kernel_size")
         ps = _per_axis(padding, source.rank, "target padding")
         target = TargetGeometry(ks, ps, ps)
+    if not len(target.kernel_size) == len(target.pad_before) == len(target.pad_after) == len(target.crop_start):
+        raise GeometryError(f"target {target} does not give one value per axis for every field")
     if len(target.kernel_size) != source.rank:
         raise GeometryError(f"target has {len(target.kernel_size)} axes, the layer has {source.rank}")
-    for K, pb, pa in zip(target.kernel_size, target.pad_before, target.pad_after, strict=True):
-        if K < 1 or pb < 0 or pa < 0:
-            raise GeometryError(f"target kernel must be >= 1 and padding >= 0 (got kernel {K}, padding {pb}/{pa})")
-    axes = plan_axes(source)
+    for K, pb, pa, c in zip(target.kernel_size, target.pad_before, target.pad_after, target.crop_start, strict=True):
+        if K < 1 or pb < 0 or pa < 0 or c < 0:
+            raise GeometryError(
+                f"target kernel must be >= 1, padding and start crop >= 0 (got kernel {K}, padding {pb}/{pa}, crop {c})"
+            )
+    axes = plan_axes(source, target.crop_start)
     outside: list[OutsideTap] = []
     short: list[tuple[int, int, int]] = []
     for i, (ax, K, pb, pa) in enumerate(
@@ -333,10 +364,9 @@ def fit(source: TransposedConv, target: TargetGeometry | tuple[IntOrSeq, IntOrSe
         reasons.append(
             f"axis {axis}: target conv yields H{yields:+d} cells, the layer needs H{needed:+d} (before the shuffle)"
         )
-    plan = SubPixelPlan(
+    return SubPixelPlan(
         source=source, axes=axes, target=target, outside=tuple(outside), short_axes=tuple(short), reasons=tuple(reasons)
     )
-    return plan
 
 
 def explain_mismatch(plan: SubPixelPlan) -> str:
@@ -344,15 +374,17 @@ def explain_mismatch(plan: SubPixelPlan) -> str:
     if plan.exact:
         return "exact"
     best = smallest(plan.source)
-    tight = smallest(plan.source, "tight")
+    least = cheapest(plan.source)
     hint = f"exact needs a {_conv_words(best.target)}{_crop_words(best)}"
-    if tight.target != best.target:
-        hint += f" (or a {_conv_words(tight.target)}{_crop_words(tight)})"
+    if least.target != best.target:
+        hint += f" (or, cheapest, a {_conv_words(least.target)}{_crop_words(least)})"
     return f"{'; '.join(plan.reasons)}; {hint}"
 
 
 def _crop_words(plan: SubPixelPlan) -> str:
-    return f", cropping {_fmt(plan.crop)} cell(s) at the end" if any(plan.crop) else ""
+    ends = [(plan.crop_start, "start"), (plan.crop_end, "end")]
+    words = [f"{_fmt(cells)} cell(s) at the {where}" for cells, where in ends if any(cells)]
+    return f", cropping {' and '.join(words)}" if words else ""
 
 
 def _conv_words(target: TargetGeometry) -> str:
@@ -363,23 +395,3 @@ def _conv_words(target: TargetGeometry) -> str:
     if len(set(per_axis)) == 1:
         return f"{k} conv with padding {per_axis[0]}"
     return f"{k} conv with padding " + "; ".join(f"axis {i}: {p}" for i, p in enumerate(per_axis))
-
-
-def subpixel_to_transposed(kernel_size: IntOrSeq, padding: IntOrSeq, stride: IntOrSeq, rank: int) -> TransposedConv:
-    """The transposed convolution equal to a stride-1 conv (kernel ``K``, padding ``P``) + shuffle ``r``.
-
-    Kernel ``K*r``, padding ``(K-1-P)*r``: tap ``(s, j)`` of the conv is source tap ``s + (K-1-j)*r``.
-    Valid while ``P <= K-1`` (a transposed conv cannot have negative padding).
-    """
-    ks = _per_axis(kernel_size, rank, "kernel_size")
-    ps = _per_axis(padding, rank, "padding")
-    rs = _per_axis(stride, rank, "stride")
-    for K, P in zip(ks, ps, strict=True):
-        if P > K - 1:
-            raise GeometryError(f"conv padding {P} exceeds kernel-1 = {K - 1}: no transposed conv has this geometry")
-    return TransposedConv.make(
-        kernel_size=tuple(K * r for K, r in zip(ks, rs, strict=True)),
-        stride=rs,
-        padding=tuple((K - 1 - P) * r for K, P, r in zip(ks, ps, rs, strict=True)),
-        rank=rank,
-    )

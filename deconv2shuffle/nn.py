@@ -74,14 +74,18 @@ def subpixel_forward(
         wanted = [int(n) for n in output_size][-plan.rank :]
         for axis, (n, length) in enumerate(zip(wanted, lengths, strict=True)):
             shortest = length - plan.source.output_padding[axis]  # torch's range: shortest .. + max(r, d) - 1
-            longest = min(shortest + max(plan.source.stride[axis], plan.source.dilation[axis]) - 1, y.shape[2 + axis])
+            longest = min(
+                shortest + max(plan.source.stride[axis], plan.source.dilation[axis]) - 1,
+                y.shape[2 + axis] - plan.crop_start[axis],
+            )
             if not shortest <= n <= longest:
                 raise ValueError(
                     f"output_size {tuple(wanted)}: axis {axis} length {n} is outside {shortest}..{longest}, "
                     "the lengths this converted layer can give exactly"
                 )
         lengths = tuple(wanted)
-    return y[(slice(None), slice(None), *(slice(0, n) for n in lengths))]
+    starts = plan.crop_start
+    return y[(slice(None), slice(None), *(slice(c, c + n) for c, n in zip(starts, lengths, strict=True)))]
 
 
 class PixelShuffle(nn.Module):
