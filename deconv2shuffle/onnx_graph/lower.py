@@ -5,12 +5,10 @@
 the stride-1 conv (kernel, padding before/after), the shuffle factors, the crop at both ends of
 the shuffled output, and the weights rearranged by :func:`deconv2shuffle.rewrite.transposed_to_subpixel`.
 
-How the engine is used: a transposed conv with padding 0 computes the *full* output, of which
-every ONNX output is a window ``[begin, full + op - end)``. The engine plans that full layer in its
-``tight`` mode (the smallest kernel, padding chosen separately at the two ends; with padding 0 no
-phase shift is needed, so this is also the kernel with the fewest multiply-adds), and the window
-becomes a crop of ``begin`` cells at the start and the engine's end crop plus ``end`` at the end.
-Output padding past the end of the window is asked of the engine as its ``output_padding``.
+How the engine is used: the ONNX pads at the two ends become the engine's ``padding`` and
+``padding_end``, and the engine plans the layer in its ``minimal`` mode (per axis the phase shift
+whose taps fit the narrowest kernel, then padding before/after, then the crop at both ends).
+Switching to another geometry mode is the one ``smallest(source, ...)`` call below.
 """
 
 from __future__ import annotations
@@ -89,18 +87,11 @@ def lower(
     bit for bit. ``channel_vectors`` (one value per output channel, e.g. per-channel scales) come
     back in :attr:`Lowering.channels` laid out along the Conv's output channels.
     """
-    shared = tuple(
-        _shared_padding(k, r, d, op, b, e)
-        for k, r, d, op, b, e in zip(kernel, strides, dilations, output_padding, begin, end, strict=True)
-    )
-    extend = tuple(max(0, op - e + m) for op, e, m in zip(output_padding, end, shared, strict=True))
     source = TransposedConv.make(
-        tuple(kernel), tuple(strides), shared, extend, tuple(dilations), groups=group, rank=len(kernel)
-    )
-    plan = smallest(source, "tight")
-    crop_after = tuple(
-        c + x + e - m - op for c, x, e, m, op in zip(plan.crop, extend, end, shared, output_padding, strict=True)
-    )
+        tuple(kernel), tuple(strides), tuple(begin), tuple(output_padding), tuple(dilations), groups=group,
+        rank=len(kernel), padding_end=tuple(end),
+    )  # fmt: skip
+    plan = smallest(source, "minimal")
     rewritten = None if weight is None else transposed_to_subpixel(weight, bias, plan)
     placed = None
     if weight is not None and want_placed:
@@ -115,29 +106,11 @@ def lower(
         pads_before=plan.target.pad_before,
         pads_after=plan.target.pad_after,
         factors=plan.factors,
-        crop_before=tuple(b - m for b, m in zip(begin, shared, strict=True)),
-        crop_after=crop_after,
+        crop_before=plan.crop_start,
+        crop_after=plan.crop_end,
         macs_ratio=plan.macs_ratio,
         weight=None if rewritten is None else rewritten.weight,
         bias=None if rewritten is None else rewritten.bias,
         placed=placed,
         channels=tuple(channels),
     )
-
-
-def _shared_padding(k: int, r: int, d: int, op: int, begin: int, end: int) -> int:
-    """The padding ``m <= min(begin, end)`` handed to the engine for one axis.
-
-    Every ``m`` is exact (the rest of ``begin``/``end`` is cropped); ``m mod r`` shifts the phases,
-    so it decides the kernel width. Pick the narrowest kernel, then the fewest conv cells.
-    """
-    best: tuple[tuple[int, int], int] | None = None
-    for m in range(min(begin, end) + 1):
-        extend = max(0, op - end + m)
-        plan = smallest(TransposedConv.make(k, r, m, extend, d, rank=1), "tight")
-        (K,), (pb,), (pa,) = plan.target.kernel_size, plan.target.pad_before, plan.target.pad_after
-        key = (K, pb + pa - K)
-        if best is None or key < best[0]:
-            best = (key, m)
-    assert best is not None
-    return best[1]
