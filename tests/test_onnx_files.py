@@ -196,3 +196,29 @@ def test_report_forms(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r.json").read_text()) == data
     md = (tmp_path / "r.md").read_text()
     assert "| `up` | ConvTranspose2d k4 s2 p1 |" in md and "max relative error" in md
+
+
+def test_models_over_the_protobuf_limit_are_written_with_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2 GiB limit, scaled down: a model "too large" for one protobuf goes to external data."""
+    monkeypatch.setattr("deconv2shuffle.onnx_graph.pipeline._INLINE_LIMIT", 1000)
+    src = _src(tmp_path)
+    with pytest.raises(OnnxModelError, match=r"do not fit in one protobuf message .* \(external_data=True\)"):
+        migrate_onnx(src, tmp_path / "out.onnx", external_data=False)
+    _only(tmp_path, "in.onnx")
+    report = migrate_onnx(src, tmp_path / "out.onnx")
+    assert report.external_data and "written as external data" in " ".join(report.notes)
+    _only(tmp_path, "in.onnx", "out.onnx", "out.onnx.data")
+    x = random_input([1, 4, 5, 6])
+    [want], [got] = run(src, {"x": x}), run(tmp_path / "out.onnx", {"x": x})
+    assert relative_error(want, got) <= 1e-5
+
+
+def test_output_data_file_may_not_replace_the_inputs(tmp_path: Path) -> None:
+    model = convtranspose_model(**FORUM, c_in=16, c_out=32)  # type: ignore[arg-type]
+    src = tmp_path / "in.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="out.onnx.data", size_threshold=256)
+    with pytest.raises(OutputExistsError, match="would replace the input's external data"):
+        migrate_onnx(src, tmp_path / "out.onnx", force=True)
+    _only(tmp_path, "in.onnx", "out.onnx.data")
