@@ -204,3 +204,14 @@ def test_inspect_lists_the_plan_without_writing(tmp_path: Path) -> None:
     assert node.new_geometry == "Conv 2x2 pad 1 + shuffle 2 + crop 1"
     assert node.new_weight_shape == [24, 4, 2, 2]
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_a_node_that_fails_late_is_left_without_leftovers(tmp_path: Path) -> None:
+    """output_shape with unknown input sizes needs a computed Slice (opset 10+); at opset 9 the node stays."""
+    model = convtranspose_model(kernel=3, attrs={"strides": [2, 3], "output_shape": [9, 13]}, opset=9)
+    src, dst, report = _migrate(tmp_path, model)
+    [node] = report.nodes
+    assert node.status == "left" and "needs opset 10" in (node.reason or "")
+    out = onnx.load(str(dst))
+    assert [t.name for t in out.graph.initializer] == ["w", "b"]
+    assert [n.op_type for n in out.graph.node] == ["Relu", "ConvTranspose", "Sigmoid"]

@@ -41,15 +41,18 @@ class Emitter:
     opset: int
     base: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # initializers put into the graph
 
     def const(self, label: str, values: Sequence[int]) -> str:
         name = self.names.fresh(f"{self.base}/{label}")
         self.graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], list(values)))
+        self.added.append(name)
         return name
 
     def tensor(self, base: str, values: torch.Tensor, data_type: int) -> str:
         name = self.names.fresh(base)
         from_torch(values, name, data_type, into=self.graph.initializer.add())
+        self.added.append(name)
         return name
 
     def node(self, op: str, inputs: Sequence[str], label: str, output: str | None = None, **attrs: Any) -> str:

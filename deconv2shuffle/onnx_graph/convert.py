@@ -76,7 +76,11 @@ def plan_node(
         result.weight_shape, result.quantized = list(weight_shape), weight.quant is not None
         attrs = parse_attrs(node, weight_shape)
         result.old_geometry = f"ConvTranspose{attrs.rank}d {attrs.describe()}"
+        if weight.quant is not None:
+            weight_layout(weight.quant, attrs.group)  # raises for layouts the Conv cannot hold
         bias = _operand(node.input[2], index, "bias") if len(node.input) > 2 and node.input[2] else None
+        if bias is not None:
+            _bias_vectors(bias.quant)
         if bias is not None and tuple(bias.tensor.dims) != (weight_shape[1] * attrs.group,):
             raise Unsupported(
                 f"bias shape {tuple(bias.tensor.dims)} does not match {weight_shape[1] * attrs.group} channels"
@@ -107,13 +111,19 @@ def _static_padding(plan: NodePlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return plan.padding.begin, plan.padding.end
 
 
-def rewrite_node(
-    plan: NodePlan, graph: onnx.GraphProto, names: Names, opset: int, *, verify: bool, seed: int
-) -> Emitter:
-    """Build the replacement of one planned node; checks it in float64 first when ``verify``."""
+def emitter(plan: NodePlan, graph: onnx.GraphProto, names: Names, opset: int) -> Emitter:
+    """The emitter for one node's replacement (new names derive from the node's name)."""
+    node = plan.node
+    return Emitter(graph, names, opset, base=node.name or names.fresh(f"ConvTranspose_{node.output[0]}"))
+
+
+def rewrite_node(plan: NodePlan, em: Emitter, *, verify: bool, seed: int) -> None:
+    """Build the replacement of one planned node into ``em``; checks it in float64 first when ``verify``.
+
+    Raises :class:`Unsupported` for what only shows now (the caller leaves the node as it is).
+    """
     a, node = plan.attrs, plan.node
     begin, end = _static_padding(plan)
-    em = Emitter(graph, names, opset, base=node.name or names.fresh(f"ConvTranspose_{node.output[0]}"))
     w, wq = to_torch(plan.weight.tensor), plan.weight.quant
     b = None if plan.bias is None else to_torch(plan.bias.tensor)
     bq = None if plan.bias is None else plan.bias.quant
@@ -153,7 +163,6 @@ def rewrite_node(
     plan.result.new_weight_shape = list(new_w.shape)
     plan.result.new_nodes = [n.name for n in em.nodes]
     plan.result.macs_ratio = low.macs_ratio
-    return em
 
 
 def _bias_vectors(bq: Quantized | None) -> list[torch.Tensor]:

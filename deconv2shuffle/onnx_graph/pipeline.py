@@ -13,7 +13,8 @@ from pathlib import Path
 
 import onnx
 
-from .convert import NodePlan, geometry, plan_node, rewrite_node
+from .attrs import Unsupported
+from .convert import NodePlan, emitter, geometry, plan_node, rewrite_node
 from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes, write_model
 from .graph import GraphIndex, Names, all_nodes, opset_blockers, remove_unused, set_opset, static_shapes
 from .report import OnnxReport
@@ -81,7 +82,13 @@ def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, v
     obsolete: set[str] = set()
     replacements = []
     for plan in plans:
-        em = rewrite_node(plan, graph, names, opset, verify=verify, seed=seed)
+        em = emitter(plan, graph, names, opset)
+        try:
+            rewrite_node(plan, em, verify=verify, seed=seed)
+        except Unsupported as e:
+            plan.result.reason = str(e)
+            obsolete.update(em.added)  # nothing reads them: they go again
+            continue
         replacements.append((plan.position, em))
         obsolete.update(i for i in plan.node.input[1:] if i)
     for position, em in sorted(replacements, key=lambda r: r[0], reverse=True):
