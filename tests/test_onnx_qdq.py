@@ -116,21 +116,24 @@ def _qdq_model(
         ("uint8", 1, 2, {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1], "group": 2}),
         ("int8", 0, 1, {"strides": [3, 2], "pads": [0, 1, 2, 0]}),
         ("int16", 1, 1, {"strides": [2, 2], "dilations": [2, 2]}),
+        ("uint8", "1-d", 1, {"strides": [2, 2], "pads": [0, 1, 1, 0]}),
     ],
-    ids=["per-tensor-uint8-new-taps", "per-channel-groups", "per-input-channel", "int16-dilation"],
+    ids=["per-tensor-uint8-new-taps", "per-channel-groups", "per-input-channel", "int16-dilation", "one-scale-in-1d"],
 )
 def test_hand_built_qdq_layouts(
-    tmp_path: Path, dtype: str, axis: int | None, group: int, attrs: dict[str, Any]
+    tmp_path: Path, dtype: str, axis: Any, group: int, attrs: dict[str, Any]
 ) -> None:
     rng = np.random.default_rng(0)
     info = np.iinfo(np.dtype(dtype))
     c_in, c_out_g, k = 4, 3, 3
     q = rng.integers(info.min, info.max, (c_in, c_out_g, k, k), endpoint=True).astype(dtype)
-    count = {None: 1, 0: c_in, 1: c_out_g}[axis]
+    count = {None: 1, "1-d": 1, 0: c_in, 1: c_out_g}[axis]
     scale = rng.uniform(0.01, 0.1, count).astype(np.float32)
     zero = rng.integers(info.min // 2 + info.max // 4, info.max // 2 + 2, count).astype(dtype)
     if axis is None:
         scale, zero = scale.reshape(()), zero.reshape(())
+    if axis == "1-d":  # one scale, but in a 1-D tensor: still per tensor
+        axis = None
     shape = [1, c_in, 5, 6]
     src = save(_qdq_model(q, scale, zero, 1 if axis is None else axis, attrs, shape), tmp_path / "in.onnx")
     dst = tmp_path / "out.onnx"

@@ -16,7 +16,16 @@ import onnx
 from .attrs import Unsupported
 from .convert import NodePlan, emitter, geometry, plan_node, rewrite_node
 from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes, write_model
-from .graph import GraphIndex, Names, all_nodes, opset_blockers, remove_unused, set_opset, static_shapes
+from .graph import (
+    GraphIndex,
+    Names,
+    all_nodes,
+    opset_blockers,
+    remove_unused,
+    set_opset,
+    static_shapes,
+    subgraphs,
+)
 from .report import OnnxReport
 from .verify import check_graph, compare, reference
 
@@ -40,19 +49,13 @@ def _plan_all(loaded: LoadedModel, report: OnnxReport) -> list[NodePlan]:
     nested = sum(
         1
         for node in graph.node
-        for sub in _subgraphs(node)
+        for sub in subgraphs(node)
         for inner in all_nodes(sub)
         if inner.op_type == "ConvTranspose"
     )
     if nested:
         report.notes.append(f"{nested} ConvTranspose node(s) inside If/Loop/Scan subgraphs are left as they are")
     return plans
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    from .graph import subgraphs
-
-    return list(subgraphs(node))
 
 
 def _choose_opset(model: onnx.ModelProto, opset: int, plans: list[NodePlan], report: OnnxReport) -> int:
