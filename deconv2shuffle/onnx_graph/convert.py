@@ -184,11 +184,6 @@ def _weight_input(
     if quant is None:
         return name
     scale, zero = quant.node.input[1], quant.node.input[2] if len(quant.node.input) > 2 else ""
-    if not vectors and quant.axis is None and len(quant.scale.dims):
-        # one scale held in a 1-D tensor: as a scalar it stays per tensor whatever the new axes are
-        vectors = (to_torch(quant.scale).reshape(()),)
-        if zero and quant.zero_point is not None:
-            vectors += (to_torch(quant.zero_point).reshape(()),)
     if vectors:
         scale = em.tensor(f"{quant.node.input[1]}_subpixel", vectors[0], quant.scale.data_type)
         if zero and quant.zero_point is not None:
