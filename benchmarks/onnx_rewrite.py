@@ -4,7 +4,8 @@
 
 Builds a model with about ``--size-mb`` of float32 weights (``--case decoder``: four
 ConvTranspose layers and large MatMul weights carried along; ``--case convtranspose``: nothing
-but ConvTranspose weights, the worst case), then times, in this run (median of ``--repeat``, order alternated, page cache warm):
+but ConvTranspose weights, the worst case), then times, in this run (median of ``--repeat``,
+order alternated, page cache warm):
 
 - baseline: ``onnx.load`` + ``onnx.save`` of the same file
 - ``migrate_onnx`` with every check (per-node float64, ``onnx.checker`` full check, ONNX Runtime

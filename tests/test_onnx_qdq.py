@@ -120,9 +120,7 @@ def _qdq_model(
     ],
     ids=["per-tensor-uint8-new-taps", "per-channel-groups", "per-input-channel", "int16-dilation", "one-scale-in-1d"],
 )
-def test_hand_built_qdq_layouts(
-    tmp_path: Path, dtype: str, axis: Any, group: int, attrs: dict[str, Any]
-) -> None:
+def test_hand_built_qdq_layouts(tmp_path: Path, dtype: str, axis: Any, group: int, attrs: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
     info = np.iinfo(np.dtype(dtype))
     c_in, c_out_g, k = 4, 3, 3
