@@ -156,11 +156,14 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
     return LoadedModel(path=path, model=model, external_files=files, opset=opset)
 
 
-def skeleton(model: onnx.ModelProto, big: int = 4096) -> onnx.ModelProto:
+def skeleton(
+    model: onnx.ModelProto, big: int = 4096, movable: Callable[[onnx.TensorProto], bool] | None = None
+) -> onnx.ModelProto:
     """The model without its weights: each large or external initializer becomes a typed graph input.
 
     Checks and shape inference look at types and shapes only; on the skeleton they never copy
-    or read the weights (protobuf would copy them, and cannot hold more than 2 GiB).
+    or read the weights (protobuf would copy them, and cannot hold more than 2 GiB). Initializers
+    that ``movable`` refuses stay initializers.
     """
     from onnx import TensorProto, helper
 
@@ -178,7 +181,7 @@ def skeleton(model: onnx.ModelProto, big: int = 4096) -> onnx.ModelProto:
     g.sparse_initializer.extend(graph.sparse_initializer)
     declared = {v.name for v in graph.input}
     for t in graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL or _nbytes(t) > big:
+        if (t.data_location == TensorProto.EXTERNAL or _nbytes(t) > big) and (movable is None or movable(t)):
             if t.name not in declared:
                 g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -245,15 +248,12 @@ def _staging(dst: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_model(
-    model: onnx.ModelProto, dst: Path, *, external: bool, check: Callable[[Path], None] | None = None
-) -> list[Path]:
+def write_model(model: onnx.ModelProto, dst: Path, *, external: bool) -> list[Path]:
     """Write ``model`` to ``dst`` (and ``dst.data`` when ``external``), atomically.
 
-    Everything is written into a temporary folder beside ``dst``, fsynced, handed to ``check``
-    (which raises to stop), then moved into place with ``os.replace``: the data file first, then
-    the model. On any failure nothing is left behind. ``model`` is changed when ``external``
-    (its tensors then point at the data file).
+    Everything is written into a temporary folder beside ``dst``, fsynced, then moved into place
+    with ``os.replace``: the data file first, then the model. On any failure nothing is left
+    behind. ``model`` is changed when ``external`` (its tensors then point at the data file).
     """
     import onnx
 
@@ -279,8 +279,6 @@ def write_model(
                 _fsync(f)
         except (OSError, ValueError) as e:
             raise OnnxModelError(f"{dst}: write failed ({e}); nothing was written") from None
-        if check is not None:
-            check(staged)
         for f in files:
             os.replace(f, dst.parent / f.name)
             written.append(dst.parent / f.name)

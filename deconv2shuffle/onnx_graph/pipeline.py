@@ -8,7 +8,6 @@ matches the original on random inputs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnx
@@ -27,7 +26,8 @@ from .graph import (
     subgraphs,
 )
 from .report import OnnxReport
-from .verify import check_graph, compare, reference
+from .runtime import compare, reference
+from .verify import check_graph
 
 D2S_OPSET = 11
 
@@ -142,27 +142,23 @@ def migrate_onnx(
     loaded = read_model(src)
     check_destination(src, dst, force=force, input_files=loaded.external_files)
     report = OnnxReport(source_file=str(src), output_file=str(dst), opset=loaded.opset, tolerance=tolerance)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deconv2shuffle-reference") as pool:
-        # the original runs in ONNX Runtime while the rewrite is built (its session releases the GIL)
-        pending = pool.submit(reference, src, input_shapes, seed) if end_to_end else None
-        plans = _plan_all(loaded, report)
-        if not report.nodes:
-            report.notes.append("the model has no ConvTranspose node; it is written unchanged")
-        opset = _choose_opset(loaded.model, loaded.opset, plans, report)
-        report.removed = _rewrite_all(loaded.model, plans, opset, verify=verify, seed=seed)
-        if not verify:
-            report.notes.append("per-node float64 checks were not run (verify=False)")
-        external = _external(loaded, external_data, dst, report)
-        check_graph(loaded.model)
-        report.checks.append("onnx.checker full check (strict shape inference included): passed")
-
-        def check(staged: Path) -> None:
-            if pending is None:
-                report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
-            else:
-                report.end_to_end = compare(pending.result(), staged, tolerance=tolerance)
-
-        report.written = [str(p) for p in write_model(loaded.model, dst, external=external, check=check)]
+    original = reference(loaded.model, input_shapes, seed) if end_to_end else None
+    plans = _plan_all(loaded, report)
+    if not report.nodes:
+        report.notes.append("the model has no ConvTranspose node; it is written unchanged")
+    opset = _choose_opset(loaded.model, loaded.opset, plans, report)
+    report.removed = _rewrite_all(loaded.model, plans, opset, verify=verify, seed=seed)
+    if not verify:
+        report.notes.append("per-node float64 checks were not run (verify=False)")
+    external = _external(loaded, external_data, dst, report)
+    check_graph(loaded.model)
+    report.checks.append("onnx.checker full check (strict shape inference included): passed")
+    if original is None:
+        report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
+    else:
+        report.end_to_end = compare(original, loaded.model, tolerance=tolerance)
+    del original
+    report.written = [str(p) for p in write_model(loaded.model, dst, external=external)]
     report.ok = True
     return report
 

@@ -4,17 +4,14 @@
   padding, then the crop at both ends) against Conv + shuffle + crop built from the
   :class:`~.lower.Lowering`, in float64 on a random input. Large layers are checked on a sample
   of output channels (every input channel of their group), so the check stays cheap.
-- :func:`check_file`: ``onnx.checker`` with ``full_check`` (which runs strict shape inference).
-- :func:`reference` then :func:`compare`: the original and the rewritten model in ONNX Runtime on
-  the same random inputs, every output compared (the original runs while the rewrite is built).
+- :func:`check_graph`: ``onnx.checker`` with ``full_check`` (which runs strict shape inference).
+- the whole model in ONNX Runtime: see :mod:`.runtime`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -145,131 +142,3 @@ def check_graph(model: Any) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VerificationError(f"the rewritten model fails onnx.checker ({first}); nothing was written") from None
-
-
-_NUMPY_OF = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
-
-
-def _feeds(session: Any, shapes: Mapping[str, Sequence[int]], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, Any] = {}
-    used: dict[str, Any] = {}
-    for arg in session.get_inputs():
-        if arg.name in shapes:
-            shape = [int(d) for d in shapes[arg.name]]
-        else:
-            shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 8) for i, d in enumerate(arg.shape)]
-        kind = _NUMPY_OF.get(arg.type)
-        if kind is None:
-            raise TypeError(f"input {arg.name!r} of type {arg.type}")
-        if kind.startswith("float"):
-            value = rng.standard_normal(shape).astype(kind)
-        elif kind == "bool":
-            value = rng.integers(0, 2, shape).astype(bool)
-        else:
-            value = rng.integers(0, 4, shape).astype(kind)
-        feeds[arg.name] = value
-        used[arg.name] = shape
-    return feeds, used
-
-
-@dataclass
-class Reference:
-    """The original model's outputs on random inputs (computed while the rewrite runs)."""
-
-    feeds: dict[str, Any]
-    shapes: dict[str, list[int]]
-    names: list[str]
-    outputs: list[Any]
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    # run the graphs as written (no fusions), and skip repacking weights nobody will reuse
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _last_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[-1][:300] if text else type(e).__name__
-
-
-def reference(
-    original: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0
-) -> Reference | dict[str, Any]:
-    """Run the original model in ONNX Runtime on random inputs; a ``{"skipped": why}`` dict if it cannot."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return {"skipped": "onnxruntime is not installed; only the per-node float64 checks ran"}
-    try:
-        session = _session(original)
-        feeds, used = _feeds(session, input_shapes or {}, seed)
-        outputs = session.run(None, feeds)
-    except Exception as e:  # the original itself does not run here: nothing to compare against
-        return {
-            "skipped": f"the original model does not run on random inputs in ONNX Runtime ({_last_line(e)}); "
-            "pass input_shapes={name: shape} to choose them"
-        }
-    return Reference(feeds, used, [o.name for o in session.get_outputs()], outputs)
-
-
-def compare(ref: Reference | dict[str, Any], rewritten: Path, *, tolerance: float) -> dict[str, Any]:
-    """Run the rewritten model on the reference's inputs and compare every output.
-
-    Returns what was compared (or why the check was skipped); raises :class:`VerificationError`
-    when an output differs by more than ``tolerance`` (relative to the output's largest value).
-    """
-    if not isinstance(ref, Reference):
-        return ref
-    import numpy as np
-    import onnxruntime as ort
-
-    try:
-        got = _session(rewritten).run(None, ref.feeds)
-    except Exception as e:
-        raise VerificationError(
-            f"the rewritten model does not run in ONNX Runtime ({_last_line(e)}); nothing was written"
-        ) from None
-    outputs: dict[str, Any] = {}
-    worst = 0.0
-    for name, a, b in zip(ref.names, ref.outputs, got, strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.shape != b.shape:
-            raise VerificationError(f"output {name!r} has shape {b.shape}, the original {a.shape}")
-        if a.dtype.kind in "fc":
-            err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-            ref_max = float(np.max(np.abs(a.astype(np.float64)))) if a.size else 0.0
-            rel = err / ref_max if ref_max > 0 else err
-        else:
-            err = float(np.count_nonzero(a != b))
-            rel = err
-        outputs[name] = {"shape": list(a.shape), "max_abs_error": err, "max_rel_error": rel}
-        worst = max(worst, rel)
-        if not rel <= tolerance:
-            raise VerificationError(
-                f"output {name!r} differs from the original by {rel:.3g} relative (tolerance {tolerance:g}) "
-                "in ONNX Runtime; nothing was written"
-            )
-    return {
-        "runtime": f"onnxruntime {ort.__version__}",
-        "inputs": ref.shapes,
-        "outputs": outputs,
-        "max_rel_error": worst,
-    }
