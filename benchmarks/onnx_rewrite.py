@@ -7,7 +7,8 @@ ConvTranspose layers and large MatMul weights carried along; ``--case convtransp
 but ConvTranspose weights, the worst case), then times, in this run (median of ``--repeat``,
 order alternated, page cache warm):
 
-- baseline: ``onnx.load`` + ``onnx.save`` of the same file
+- baseline: ``onnx.load`` + ``onnx.save`` of the same file (and the same with an ``fsync``, which
+  every migrate write does before it is moved into place)
 - ``migrate_onnx`` with every check (per-node float64, ``onnx.checker`` full check, ONNX Runtime
   end to end), without the end-to-end check, and with no numerical check at all.
 
@@ -17,6 +18,7 @@ Goal: the rewrite takes <= 1.5x the baseline.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -112,8 +114,17 @@ def main() -> None:
         def baseline() -> None:
             onnx.save(onnx.load(str(src)), str(copy))
 
+        def durable() -> None:
+            baseline()
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
         runs: dict[str, Callable[[], object]] = {
             "onnx.load + onnx.save": baseline,
+            "onnx.load + onnx.save + fsync": durable,
             "migrate_onnx (all checks)": lambda: migrate_onnx(src, out, force=True),
             "migrate_onnx (no end-to-end)": lambda: migrate_onnx(src, out, force=True, end_to_end=False),
             "migrate_onnx (no checks)": lambda: migrate_onnx(src, out, force=True, verify=False, end_to_end=False),
@@ -127,7 +138,7 @@ def main() -> None:
         base = statistics.median(times["onnx.load + onnx.save"])
         for name, values in times.items():
             median = statistics.median(values)
-            print(f"{name:32s} {median:7.2f} s  {median / base:5.2f}x")
+            print(f"{name:34s} {median:7.2f} s  {median / base:5.2f}x")
         report = migrate_onnx(src, out, force=True)
         print(f"end-to-end: {report.end_to_end}")
 
