@@ -77,11 +77,11 @@ CHILD = {
     "safetensors+fsync": "from safetensors.torch import load_file, save_file; import os; "
     "save_file(load_file({src!r}), {dst!r}); " + FSYNC,
     "migrate": (
-        "from deconv2shuffle.migrate import load_sources, migrate; "
+        "from deconv2shuffle import load_sources, migrate; "
         "migrate({src!r}, {dst!r}, sources=load_sources({spec!r}), force=True)"
     ),
     "migrate --no-hash": (
-        "from deconv2shuffle.migrate import load_sources, migrate; "
+        "from deconv2shuffle import load_sources, migrate; "
         "migrate({src!r}, {dst!r}, sources=load_sources({spec!r}), force=True, hash_source=False)"
     ),
 }

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
+from deconv2shuffle import load_sources, load_spec, migrate
 from deconv2shuffle.checkpoint import load_checkpoint
-from deconv2shuffle.migrate import load_sources, migrate
-from deconv2shuffle.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_checkpoints"

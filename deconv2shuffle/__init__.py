@@ -1,7 +1,9 @@
 """deconv2shuffle: migrate ConvTranspose checkpoints to Conv + PixelShuffle, exactly.
 
 The public API is importable from here. Attributes that need torch are imported on first use,
-so ``import deconv2shuffle`` (and the command line's ``--help``) stays fast.
+so ``import deconv2shuffle`` (and the command line's ``--help``) stays fast. ``__all__`` and the
+lazy imports come from one table, :data:`_PUBLIC`; no public name is also a submodule's name, so
+``from deconv2shuffle import migrate`` is always the function.
 """
 
 from __future__ import annotations
@@ -11,20 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "PixelShuffle": "nn",
-    "SubPixelConvTranspose1d": "nn",
-    "SubPixelConvTranspose2d": "nn",
-    "SubPixelConvTranspose3d": "nn",
-    "convert_model": "nn",
-    "pixel_shuffle": "nn",
-    "plan_for": "nn",
-    "transposed_spec": "nn",
-    "transposed_to_subpixel": "rewrite",
-    "subpixel_to_transposed_weights": "rewrite",
-    "fold_weight_norm": "rewrite",
-    "fold_weight_norm_state": "rewrite",
-    "Rewritten": "rewrite",
+# public name -> the module that defines it (relative to this package)
+_PUBLIC: dict[str, str] = {
+    # engine: geometry, tensor rewrites, modules
     "TransposedConv": "geometry",
     "TargetGeometry": "geometry",
     "SubPixelPlan": "geometry",
@@ -33,51 +24,62 @@ _LAZY = {
     "fit": "geometry",
     "explain_mismatch": "geometry",
     "subpixel_to_transposed": "geometry",
+    "Rewritten": "rewrite",
+    "transposed_to_subpixel": "rewrite",
+    "subpixel_to_transposed_weights": "rewrite",
+    "fold_weight_norm": "rewrite",
+    "fold_weight_norm_state": "rewrite",
+    "PixelShuffle": "nn",
+    "SubPixelConvTranspose1d": "nn",
+    "SubPixelConvTranspose2d": "nn",
+    "SubPixelConvTranspose3d": "nn",
+    "convert_model": "nn",
+    "pixel_shuffle": "nn",
+    "plan_for": "nn",
+    "transposed_spec": "nn",
+    # checkpoint files
+    "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "Checkpoint": "checkpoint",
-    "migrate": "migrate",
+    # conversion core
+    "LayerSpec": "core.spec",
+    "Spec": "core.spec",
+    "load_spec": "core.spec",
+    "parse_spec": "core.spec",
+    "dump_spec": "core.spec",
+    "Sources": "core.sources",
+    "Target": "core.sources",
+    "load_sources": "core.sources",
+    "pair_layers": "core.sources",
+    "plan_layer": "core.planning",
+    "Conversion": "core.convert",
+    "convert_state_dict": "core.convert",
+    "Tolerance": "core.verify",
+    "verify_layer": "core.verify",
+    "end_to_end": "core.verify",
+    "explain_plan": "core.explain",
+    "explain_geometry": "core.explain",
+    # pipeline and its results
     "MigrationReport": "report",
-    "load_spec": "spec",
-    "Spec": "spec",
-    "LayerSpec": "spec",
+    "LayerResult": "report",
+    "migrate": "pipeline",
+    "run_batch": "pipeline",
+    "BatchResult": "pipeline",
+    "inspect_checkpoint": "pipeline",
+    "draft_spec": "pipeline",
+    "run_bench": "pipeline",
 }
 
-__all__ = [
-    "__version__",
-    "Checkpoint",
-    "LayerSpec",
-    "MigrationReport",
-    "PixelShuffle",
-    "Rewritten",
-    "Spec",
-    "cheapest",
-    "SubPixelConvTranspose1d",
-    "SubPixelConvTranspose2d",
-    "SubPixelConvTranspose3d",
-    "SubPixelPlan",
-    "TargetGeometry",
-    "TransposedConv",
-    "convert_model",
-    "explain_mismatch",
-    "fit",
-    "fold_weight_norm",
-    "fold_weight_norm_state",
-    "load_checkpoint",
-    "load_spec",
-    "migrate",
-    "pixel_shuffle",
-    "plan_for",
-    "save_checkpoint",
-    "smallest",
-    "subpixel_to_transposed",
-    "subpixel_to_transposed_weights",
-    "transposed_spec",
-    "transposed_to_subpixel",
-]
+__all__ = ["__version__", *sorted(_PUBLIC)]
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .core.convert import Conversion, convert_state_dict
+    from .core.explain import explain_geometry, explain_plan
+    from .core.planning import plan_layer
+    from .core.sources import Sources, Target, load_sources, pair_layers
+    from .core.spec import LayerSpec, Spec, dump_spec, load_spec, parse_spec
+    from .core.verify import Tolerance, end_to_end, verify_layer
     from .geometry import (
         SubPixelPlan,
         TargetGeometry,
@@ -88,7 +90,6 @@ if TYPE_CHECKING:
         smallest,
         subpixel_to_transposed,
     )
-    from .migrate import migrate
     from .nn import (
         PixelShuffle,
         SubPixelConvTranspose1d,
@@ -99,7 +100,8 @@ if TYPE_CHECKING:
         plan_for,
         transposed_spec,
     )
-    from .report import MigrationReport
+    from .pipeline import BatchResult, draft_spec, inspect_checkpoint, migrate, run_batch, run_bench
+    from .report import LayerResult, MigrationReport
     from .rewrite import (
         Rewritten,
         fold_weight_norm,
@@ -107,11 +109,10 @@ if TYPE_CHECKING:
         subpixel_to_transposed_weights,
         transposed_to_subpixel,
     )
-    from .spec import LayerSpec, Spec, load_spec
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'deconv2shuffle' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,16 +1,30 @@
 """One exception family. Messages name the file, the key, both shapes and what to do next.
 
-The command line turns any :class:`Deconv2ShuffleError` into one line on stderr and exit code
-``exit_code``; anything else is a bug and keeps its traceback behind ``--debug``.
+Messages speak the API's words: when they advise an option they name the parameter as
+``name=value`` (``trust_pickle=True``, ``state_dict_key='ema'``); the command line rewrites
+those into its flags. The command line turns any :class:`Deconv2ShuffleError` into one line on
+stderr and exit code ``exit_code``; anything else is a bug and keeps its traceback behind
+``--debug``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Deconv2ShuffleError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``report`` optionally carries plain data describing the failed run (a migration's report with
+    ``ok`` false), so callers that print machine-readable output can print it on failure too.
+    """
 
     exit_code = 2
+    report: dict[str, Any] | None = None
+
+
+class UsageError(Deconv2ShuffleError, ValueError):
+    """A parameter value that cannot be used (a malformed pattern, shape, shard or option)."""
 
 
 class GeometryError(Deconv2ShuffleError, ValueError):
@@ -30,7 +44,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 class OutputExistsError(CheckpointError):
-    """An output that exists, or is the input, without ``--force``."""
+    """An output that exists, or is the input, without ``force=True``."""
 
 
 class SpecError(Deconv2ShuffleError):
@@ -38,7 +52,7 @@ class SpecError(Deconv2ShuffleError):
 
 
 class InexactTargetError(Deconv2ShuffleError):
-    """A target geometry that cannot hold the layer exactly, and ``--approx`` was not given."""
+    """A target geometry that cannot hold the layer exactly, and ``approx=True`` was not given."""
 
     exit_code = 1
 

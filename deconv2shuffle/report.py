@@ -1,15 +1,16 @@
-"""The migration report: one object, rendered as JSON, Markdown or a terminal table."""
+"""The migration report: plain data, rendered as JSON or Markdown here and as a table by the command line."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 
 @dataclass
 class LayerResult:
+    """One converted layer: keys, shapes, target geometry, measured error and cost."""
+
     source: str
     target: str
     source_geometry: str
@@ -53,12 +54,15 @@ class MigrationReport:
     ok: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (what ``--json`` prints)."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """Indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def to_markdown(self) -> str:
+        """A Markdown summary with one table row per converted layer."""
         lines = [f"# deconv2shuffle migration: {'ok' if self.ok else 'FAILED'}", ""]
         if self.source_file:
             lines.append(
@@ -106,26 +110,29 @@ class MigrationReport:
                 ]
         return "\n".join(lines) + "\n"
 
-    def write_failure(self, path: str | Path, error: str, exit_code: int) -> None:
-        """The report of a run that stopped: ``ok`` false, with the error (never a half-written file)."""
-        from .checkpoint import atomic_file
+    def failure(self, error: str, exit_code: int) -> dict[str, Any]:
+        """The report of a run that stopped, as plain data: ``ok`` false, with the error and exit code."""
+        return {**self.to_dict(), "ok": False, "error": error, "exit_code": exit_code}
 
-        path = Path(path)
-        if path.suffix.lower() == ".json":
-            text = json.dumps({**self.to_dict(), "error": error, "exit_code": exit_code}, indent=2)
-        else:
-            text = f"# deconv2shuffle migration: FAILED\n\n- source: `{self.source_file}`\n- error: {error}\n"
-        with atomic_file(path) as f:
-            f.write(text.encode())
+    def failure_markdown(self, error: str) -> str:
+        """The Markdown report of a run that stopped."""
+        return f"# deconv2shuffle migration: FAILED\n\n- source: `{self.source_file}`\n- error: {error}\n"
 
-    def write(self, path: str | Path) -> None:
-        """Write as JSON (``.json``) or Markdown (anything else, typically ``.md``), atomically."""
-        from .checkpoint import atomic_file
+    def render(self, suffix: str, error: str | None = None, exit_code: int = 0) -> str:
+        """The report as text for a file: JSON for ``.json``, Markdown otherwise.
 
-        path = Path(path)
-        text = self.to_json() if path.suffix.lower() == ".json" else self.to_markdown()
-        with atomic_file(path) as f:
-            f.write(text.encode())
+        Args:
+            suffix: the file's suffix (``".json"``, ``".md"``...).
+            error: the message of the error that stopped the run, if one did.
+            exit_code: that error's exit code.
+
+        Returns:
+            The text to write.
+        """
+        if suffix.lower() == ".json":
+            data = self.to_dict() if error is None else self.failure(error, exit_code)
+            return json.dumps(data, indent=2)
+        return self.to_markdown() if error is None else self.failure_markdown(error)
 
 
 def format_axes(values: Any) -> str:

@@ -219,7 +219,8 @@ def test_bench_times_both_geometries(cli, tmp_path, models_py):
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
     assert row["symmetric_target"] == "3x3 pad 1" and row["tight_target"] == "2x2 pad 0/1,0/1"
-    assert row["max_rel_error"] < 1e-5 and row["transposed_ms"] > 0 and "faster" in row["verdict"]
+    assert row["max_rel_error"] < 1e-5 and row["transposed_ms"] > 0
+    _check_verdict(row)
     result = cli(
         "bench", "--source-model", f"{models_py}:Old", "--input-shape", "1,3,8,8", "--min-time", "0.01", "--json"
     )
@@ -273,7 +274,7 @@ def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli)
 
 
 def test_spec_draft_from_a_checkpoint_is_marked_and_usable(tmp_path, cli):
-    from deconv2shuffle.spec import parse_spec
+    from deconv2shuffle import parse_spec
 
     torch.save(small_state(), tmp_path / "m.pth")
     result = cli("spec", tmp_path / "m.pth")
@@ -294,3 +295,169 @@ def test_bad_parameters_inside_commands_exit_2(tmp_path, cli):
     assert cli("migrate", tmp_path / "m.pth", "--dry-run", "--rename", "no-equals-sign").exit_code == 2
     assert cli("explain", "--kernel", "4").exit_code == 2
     assert cli("bench").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag_text"),
+    [("--rename", "(=x", "--rename '(=x'"), ("--drop", "[", "--drop '['"), ("--rename", "a=\\9", "--rename")],
+)
+def test_bad_rename_or_drop_pattern_is_a_usage_error(tmp_path, cli, spec_file, option, value, flag_text):
+    torch.save(small_state(), tmp_path / "old.pth")
+    result = cli("migrate", tmp_path / "old.pth", tmp_path / "new.pth", "--spec", spec_file, option, value)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag_text in lines[0], result.output
+    assert "unexpected" not in result.output and not (tmp_path / "new.pth").exists()
+
+
+def test_bad_pattern_in_the_library_names_the_parameter(tmp_path, spec_file):
+    from deconv2shuffle import migrate
+    from deconv2shuffle.errors import UsageError
+
+    torch.save(small_state(), tmp_path / "old.pth")
+    with pytest.raises(UsageError, match=r"^drop=\['\['\]: '\[' is not a valid regular expression") as info:
+        migrate(tmp_path / "old.pth", None, spec=spec_file, drop=["["])
+    assert "--" not in str(info.value)
+    assert info.value.report["ok"] is False and info.value.report["exit_code"] == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "expect"),
+    [
+        ("rerun with trust_pickle=True only if you trust it", "rerun with --trust-pickle only if you trust it"),
+        ("choose one with state_dict_key='ema'", "choose one with --state-dict-key ema"),
+        (
+            "pass allow_globals=['argparse.Namespace', 'a.B'] to",
+            "pass --allow-global argparse.Namespace --allow-global a.B to",
+        ),
+        ("drop=['[']: '[' is bad", "--drop '[': '[' is bad"),
+        ("rename=[('(', 'x')]: bad", "--rename '(=x': bad"),
+        ("or pass allow_missing=True / drop_unexpected=True", "or pass --allow-missing / --drop-unexpected"),
+        ("pass input_shape=(N, C, H, W) with", "pass --input-shape N,C,H,W with"),
+        ("input_shape=(1, 3, 8): bad", "--input-shape 1,3,8: bad"),
+        ("(tolerance=1e-10)", "(--tolerance 1e-10)"),
+        ("or pass approx=True.", "or pass --approx."),
+        ("shard=(3, 3): need 0 <= i < n", "--shard 3/3: need 0 <= i < n"),
+        (
+            "give spec='spec.toml', or source_model='file.py:Name'",
+            "give --spec spec.toml, or --source-model file.py:Name",
+        ),
+        ("kernel= needs stride= too", "--kernel needs --stride too"),
+        ("my_drop=3, x.approx=True and hash_source=False stay", "my_drop=3, x.approx=True and hash_source=False stay"),
+    ],
+)
+def test_api_parameters_become_flags(message, expect):
+    from deconv2shuffle.cli._errors import to_flags
+
+    assert to_flags(message) == expect
+
+
+def test_library_advice_speaks_api_words_and_the_cli_turns_it_into_flags(tmp_path, cli, old_model, models_py):
+    from deconv2shuffle import Sources, convert_state_dict
+    from deconv2shuffle.errors import InexactTargetError, SpecError
+
+    with pytest.raises(SpecError) as nothing:
+        Sources().layers()
+    assert "spec='spec.toml'" in str(nothing.value) and "--" not in str(nothing.value)
+    state = small_state()
+    from deconv2shuffle import LayerSpec
+
+    with pytest.raises(InexactTargetError) as inexact:
+        convert_state_dict(state, [LayerSpec("up", 2, padding=1, target_kernel_size=1)])
+    assert str(inexact.value).endswith("or pass approx=True to truncate")
+    torch.save(state, tmp_path / "old.pth")
+    (tmp_path / "k1.toml").write_text(SPEC + "target_kernel_size = 1\n")
+    result = cli("migrate", tmp_path / "old.pth", tmp_path / "new.pth", "--spec", tmp_path / "k1.toml")
+    assert result.exit_code == 1 and result.output.rstrip().endswith("or pass --approx to truncate"), result.output
+
+
+READERS = [
+    ["migrate", "{ckpt}", "{tmp}/new.pth", "--spec", "{spec}"],
+    ["inspect", "{ckpt}"],
+    ["explain", "{ckpt}", "--spec", "{spec}", "--layer", "up"],
+    ["bench", "{ckpt}", "--spec", "{spec}", "--size", "4", "--min-time", "0.001"],
+    ["spec", "{ckpt}"],
+    ["batch", "{tmp}/in", "{tmp}/out", "--spec", "{spec}"],
+]
+
+
+@pytest.mark.parametrize("args", READERS, ids=[a[0] for a in READERS])
+def test_every_command_that_reads_checkpoints_passes_allow_global(tmp_path, cli, monkeypatch, args):
+    import deconv2shuffle.pipeline.files as files
+
+    (tmp_path / "in").mkdir()
+    torch.save(small_state(), tmp_path / "in" / "m.pth")
+    (tmp_path / "s.toml").write_text(SPEC)
+    real, seen = files.load_checkpoint, []
+
+    def loader(path, *, state_dict_key=None, trust_pickle=False, allow_globals=None):
+        seen.append(allow_globals)
+        return real(path, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+
+    monkeypatch.setattr(files, "load_checkpoint", loader)
+    where = {"ckpt": tmp_path / "in" / "m.pth", "tmp": tmp_path, "spec": tmp_path / "s.toml"}
+    argv = [a.format(**where) for a in args]
+    result = cli(*argv, "--allow-global", "argparse.Namespace", "--allow-global", "mod.Name")
+    assert result.exit_code == 0, result.output
+    assert seen and all(g == ["argparse.Namespace", "mod.Name"] for g in seen), seen
+    seen.clear()
+    assert cli(*argv, "--force").exit_code == 0 if args[0] in ("migrate", "batch") else cli(*argv).exit_code == 0
+    assert seen and all(g is None for g in seen)  # nothing allowed: the keyword is not passed at all
+    bad = cli(*argv, "--allow-global", "nodot")
+    assert bad.exit_code == 2 and "--allow-global nodot" in bad.output, bad.output
+
+
+def test_allow_global_without_a_loader_that_supports_it_is_a_usage_error(tmp_path, cli, monkeypatch):
+    import deconv2shuffle.pipeline.files as files
+
+    torch.save(small_state(), tmp_path / "m.pth")
+
+    def old_loader(path, *, state_dict_key=None, trust_pickle=False):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(files, "load_checkpoint", old_loader)
+    result = cli("inspect", tmp_path / "m.pth", "--allow-global", "argparse.Namespace")
+    assert result.exit_code == 2 and "--allow-global argparse.Namespace" in result.output, result.output
+
+
+def _check_verdict(row):
+    """The verdict agrees with the medians and spreads the row reports."""
+    old_lo, old_hi = row["transposed_spread_ms"]
+    forms = {"symmetric": (row["symmetric_ms"], row["symmetric_spread_ms"])}
+    if row["tight_ms"] is not None:
+        forms["tight"] = (row["tight_ms"], row["tight_spread_ms"])
+    kind = min(forms, key=lambda k: forms[k][0])
+    best, (lo, hi) = forms[kind]
+    assert old_lo <= row["transposed_ms"] <= old_hi and lo <= best <= hi
+    if row["verdict"] == "no clear difference":
+        assert not hi < old_lo and not old_hi < lo
+    elif row["verdict"].startswith("sub-pixel"):
+        assert hi < old_lo and row["verdict"] == f"sub-pixel ({kind}) {row['transposed_ms'] / best:.2f}x faster"
+    else:
+        assert old_hi < lo and row["verdict"] == f"transposed {best / row['transposed_ms']:.2f}x faster"
+
+
+@pytest.mark.parametrize(
+    ("old", "symmetric", "tight", "expect"),
+    [
+        ((10, 9, 11), (5, 4.5, 5.5), None, "sub-pixel (symmetric) 2.00x faster"),
+        ((10, 9, 11), (8, 7, 9.5), (5, 4, 6), "sub-pixel (tight) 2.00x faster"),
+        ((10, 9, 11), (20, 19, 21), None, "transposed 2.00x faster"),
+        ((10, 9, 11), (20, 19, 21), (15, 12, 16), "transposed 1.50x faster"),
+        ((10, 9, 11), (10.5, 10, 12), None, "no clear difference"),
+        ((10, 8, 14), (7, 6, 9), None, "no clear difference"),  # medians differ, spreads overlap
+        ((10, 9.9, 10.1), (9.8, 9.7, 9.85), None, "sub-pixel (symmetric) 1.02x faster"),
+    ],
+)
+def test_bench_verdict_compares_spreads(old, symmetric, tight, expect):
+    from deconv2shuffle.pipeline.bench import Timing, verdict
+
+    assert verdict(Timing(*old), Timing(*symmetric), Timing(*tight) if tight else None) == expect
+
+
+def test_timing_spread_is_the_middle_half():
+    from deconv2shuffle.pipeline.bench import Timing
+
+    t = Timing.of([0.004, 0.001, 0.003, 0.002, 0.100])  # seconds, one outlier
+    assert (t.median_ms, t.low_ms, t.high_ms) == pytest.approx((3.0, 2.0, 4.0))
+    assert Timing.of([0.002]) == Timing(2.0, 2.0, 2.0)

@@ -230,17 +230,18 @@ def test_pixel_shuffle_matches_torch_and_per_axis(rank):
     if rank == 2:
         torch.testing.assert_close(y, nn.PixelShuffle(2)(x))
     # reference by index: channel c*R + phase holds output cell q*r + s
-    factors = (2,) * rank
     for idx in [(0, 1, *([4] * rank)), (1, 2, *([1] * rank))]:
         n, c, *pos = idx
         phase = 0
         for p in pos:
             phase = phase * 2 + p % 2
         assert y[idx] == x[(n, c * 2**rank + phase, *(p // 2 for p in pos))]
-    per_axis = pixel_shuffle(torch.randn(1, 6 * 4, 5, 4), (3, 2)) if rank == 2 else None
-    if per_axis is not None:
+    if rank == 2:  # per-axis factors (3, 2): channel c*6 + s_h*2 + s_w holds cell (q_h*3 + s_h, q_w*2 + s_w)
+        x2 = torch.randn(1, 6 * 4, 5, 4)
+        per_axis = pixel_shuffle(x2, (3, 2))
         assert per_axis.shape == (1, 4, 15, 8)
-    assert factors
+        for c, hh, ww in [(0, 0, 0), (1, 7, 3), (3, 14, 7), (2, 5, 6)]:
+            assert per_axis[0, c, hh, ww] == x2[0, c * 6 + (hh % 3) * 2 + ww % 2, hh // 3, ww // 2]
 
 
 def test_padding_mode_other_than_zeros_is_refused():

@@ -5,8 +5,8 @@ import torch
 from conftest import listing, sha, small_state
 from torch import nn
 
+from deconv2shuffle import load_spec, parse_spec
 from deconv2shuffle.errors import SpecError
-from deconv2shuffle.spec import load_spec, parse_spec
 
 
 def _forum_checkpoint(tmp_path, old_model):
@@ -284,6 +284,7 @@ def test_weight_norm_hifigan_layer(tmp_path, cli):
         ("version = 2\n", "version = 2 is not supported"),
         ('version = 1\n[[layers]]\nsource = "up"\nstride = "2"\n', "must be an integer"),
         ('version = 1\n[rename]\n"(" = "x"\n', "not a valid regular expression"),
+        ('version = 1\n[rename]\n"a" = "\\\\1"\n', r"'\\\\1' is not a valid replacement for 'a'"),
         ("version = 1\nlayers = 3\n", "array of tables"),
         ("version = \n", "invalid TOML"),
         ('version = 1\n[[layers]]\nsource = "a"\nstride = 2\n[[layers]]\nsource = "a"\nstride = 2\n', "listed twice"),
@@ -309,8 +310,8 @@ def test_spec_command_round_trips(tmp_path, cli, models_py):
 
 
 def test_ambiguous_pairing_asks_for_a_spec(tmp_path):
-    from deconv2shuffle.migrate import pair_layers
-    from deconv2shuffle.models import source_layers
+    from deconv2shuffle import pair_layers
+    from deconv2shuffle.core.models import source_layers
 
     src = nn.Module()
     src.a = nn.ConvTranspose2d(4, 4, 4, 2, 1)
@@ -380,8 +381,7 @@ def test_no_hash_leaves_the_sha_out(tmp_path, cli, spec_file):
 
 
 def test_converted_values_are_read_back_even_when_a_prefix_is_removed(tmp_path, old_model, models_py):
-    from deconv2shuffle.migrate import Target, convert_state_dict
-    from deconv2shuffle.spec import LayerSpec
+    from deconv2shuffle import LayerSpec, Target, convert_state_dict
 
     state = {f"model.{k}": v for k, v in old_model.Old().state_dict().items()}
     target = Target.from_model(old_model.New())
@@ -444,10 +444,80 @@ def test_target_without_bias_is_explained(tmp_path, cli, old_model):
 
 
 def test_prefixes_unknown_and_ambiguous(tmp_path):
-    from deconv2shuffle.migrate import find_prefix
+    from deconv2shuffle.core.keys import find_prefix
 
     assert find_prefix(["net_g.up.weight", "net_g.up.bias"], "up") == "net_g."
     with pytest.raises(SpecError, match="several prefixes"):
         find_prefix(["a.up.weight", "b.up.weight"], "up")
     with pytest.raises(SpecError, match="closest keys: upper.weight"):
         find_prefix(["upper.weight"], "up")
+
+
+def test_spec_with_unicode_round_trips_through_dump_and_parse(tmp_path):
+    from deconv2shuffle import LayerSpec, Spec, dump_spec
+
+    spec = Spec(
+        layers=[LayerSpec("décodeur.up😀", (2, 1), padding=(1, 0), target_kernel_size=(3, 2), target_padding=(1, 0))],
+        rename=[("^backbone😀\\.", "encoder🚀."), ('"(quoted)"', "\\1")],
+        drop=["^loss\\.", "😀$"],
+        models={"source": "m.py:Old", "source_args": {"name": "🚀", "ch": 4}, "input_shape": [1, 3, 8, 8]},
+    )
+    text = dump_spec(spec, ["made for a test", "second line: 😀"])
+    assert text.startswith("# made for a test\n# second line: 😀\n")
+    assert (
+        text.count("\n[[layers]]\n") == 1
+        and parse_spec(text).layers[0].line == text.splitlines().index("[[layers]]") + 1
+    )
+    back = parse_spec(text)
+    assert back.layers == [
+        LayerSpec(
+            "décodeur.up😀",
+            (2, 1),
+            "décodeur.up😀.conv",
+            (1, 0),
+            target_kernel_size=(3, 2),
+            target_padding=(1, 0),
+            line=back.layers[0].line,
+        )
+    ]
+    assert back.rename == spec.rename and back.drop == spec.drop and back.models == spec.models
+    (tmp_path / "s.toml").write_text(text, encoding="utf-8")
+    assert load_spec(tmp_path / "s.toml").rename == spec.rename
+
+
+def test_tolerance_policy():
+    from deconv2shuffle import Tolerance
+
+    assert Tolerance().layer_ok(1e-10) and not Tolerance().layer_ok(2e-10)
+    assert not Tolerance(1.0).layer_ok(float("nan"))
+    assert Tolerance().end_to_end() == 1e-8
+    assert Tolerance(1e-6).end_to_end() == 1e-6
+    assert Tolerance().end_to_end([torch.float32]) == 16 * torch.finfo(torch.float32).eps
+    assert Tolerance().end_to_end([torch.float64]) == 1e-8
+
+
+def test_a_failed_migration_reports_itself_from_the_library(tmp_path, spec_file):
+    from deconv2shuffle import migrate
+    from deconv2shuffle.errors import VerificationError
+
+    torch.save(small_state(), tmp_path / "old.pth")
+    with pytest.raises(VerificationError, match="nothing was written") as info:
+        migrate(tmp_path / "old.pth", tmp_path / "new.pth", spec=spec_file, tolerance=-1, report_path=tmp_path / "r.md")
+    assert info.value.report["ok"] is False and info.value.report["exit_code"] == 1
+    assert info.value.report["source_file"] == str(tmp_path / "old.pth")
+    text = (tmp_path / "r.md").read_text()
+    assert text.startswith("# deconv2shuffle migration: FAILED") and "differs by" in text
+    assert not (tmp_path / "new.pth").exists()
+
+
+def test_sources_and_model_references_together_are_refused(tmp_path, spec_file):
+    from deconv2shuffle import load_sources, migrate
+    from deconv2shuffle.errors import UsageError
+
+    torch.save(small_state(), tmp_path / "old.pth")
+    with pytest.raises(UsageError, match="not both"):
+        migrate(tmp_path / "old.pth", None, sources=load_sources(spec_file), spec=spec_file)
+    with pytest.raises(UsageError, match=r"input_shape='1,3,8,8'"):
+        migrate(tmp_path / "old.pth", None, spec=spec_file, input_shape="1,3,8,8")
+    report = migrate(tmp_path / "old.pth", None, spec=spec_file)
+    assert report.ok and [x.source for x in report.layers] == ["up"] and report.written == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deconv2shuffle.spec import load_spec
+from deconv2shuffle import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_checkpoints"
@@ -158,7 +158,7 @@ def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):
 
 
 def test_readme_spec_example_is_valid():
-    from deconv2shuffle.spec import parse_spec
+    from deconv2shuffle import parse_spec
 
     text = (ROOT / "README.md").read_text()
     (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)

@@ -1,27 +1,40 @@
-"""Draft specs for ``deconv2shuffle spec``: from model classes (exact), or guessed from a checkpoint."""
+"""Draft specs: from model classes (exact), or guessed from a checkpoint's state_dict."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from . import __version__
-from .checkpoint import load_checkpoint
-from .errors import SpecError
-from .migrate import load_sources
+import torch
+
+from .. import __version__
+from ..errors import SpecError
 from .shapes import guess_layers
+from .sources import load_sources
 from .spec import LayerSpec, Spec
 
 
 def draft_from_models(
     source_model: str, source_args: str | None = None, target_model: str | None = None, target_args: str | None = None
 ) -> tuple[Spec, list[str]]:
-    """Every ConvTranspose of the source model, paired with the target model's convs when given."""
+    """Every ConvTranspose of the source model, paired with the target model's convs when given.
+
+    Args:
+        source_model: the old model, ``"package.module:Name"`` or ``"path/file.py:Name"``.
+        source_args: its constructor arguments as JSON object text.
+        target_model, target_args: the new model, likewise (optional).
+
+    Returns:
+        The spec (with a ``[models]`` table naming both models) and comment lines for its head.
+
+    Raises:
+        SpecError: the model cannot be built, has no ConvTranspose layers, or cannot be paired.
+    """
     sources = load_sources(None, source_model, target_model, source_args, target_args)
     layers = sources.layers()
     if not layers:
-        raise SpecError(f"--source-model {source_model}: the model has no ConvTranspose layers; nothing to convert")
+        raise SpecError(f"source_model={source_model!r}: the model has no ConvTranspose layers; nothing to convert")
     comments = [f"written by deconv2shuffle {__version__} from {source_model}"]
     if target_model:
         comments.append(f"paired with {target_model}")
@@ -37,17 +50,26 @@ def draft_from_models(
     return Spec(layers=layers, models=models), comments
 
 
-def draft_from_checkpoint(checkpoint: Path, state_dict_key: str | None = None) -> tuple[Spec, list[str]]:
+def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "checkpoint") -> tuple[Spec, list[str]]:
     """A spec from the layers ``inspect`` recognises, with the common k = 2s stride/padding assumed.
 
-    A checkpoint cannot tell stride or padding: every layer is marked as a guess to confirm.
+    A state_dict cannot tell stride or padding: every layer is marked as a guess to confirm.
+
+    Args:
+        state: the checkpoint's state_dict.
+        checkpoint: the file it came from, named in the comments and messages.
+
+    Returns:
+        The spec and comment lines for its head (each layer's reason and assumption).
+
+    Raises:
+        SpecError: no layer looks like a ConvTranspose with a guessable geometry.
     """
-    state = load_checkpoint(checkpoint, state_dict_key=state_dict_key).state_dict
     guesses = guess_layers(state)
     comments = [
         f"DRAFT written by deconv2shuffle {__version__} from {checkpoint}: every layer below is a GUESS.",
         "A checkpoint cannot tell stride or padding; check each against the model that was trained,",
-        "or write the spec from the model class: deconv2shuffle spec --source-model file.py:Name",
+        "or draft the spec from the model class instead, which knows them exactly.",
     ]
     layers = []
     for g in guesses:

@@ -1,20 +1,26 @@
-"""inspect: a shape report of a checkpoint, with its ConvTranspose layers and their sub-pixel targets."""
+"""inspect: a shape report of a loaded checkpoint, with its ConvTranspose layers and their sub-pixel targets.
+
+Plain data from an in-memory checkpoint; reading the file is the pipeline's job.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .errors import Deconv2ShuffleError
-from .geometry import TransposedConv, smallest
-from .migrate import Sources, find_prefix, plan_layer
-from .rewrite import WEIGHT_NORM_LAYOUTS, layer_weights
+from ..errors import Deconv2ShuffleError
+from ..geometry import TransposedConv, smallest
+from ..rewrite import WEIGHT_NORM_LAYOUTS, layer_weights
+from .keys import find_prefix
+from .planning import plan_layer, target_weight_shape
 from .spec import LayerSpec
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 _UPSAMPLE_NAME = re.compile(r"(^|[._])(up|ups|upsample|upconv|deconv|convt|conv_?transpose|transpose|tconv)\w*", re.I)
 
@@ -39,7 +45,7 @@ def _summary(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _layer_entry(layer: LayerSpec, state: dict[str, torch.Tensor], prefix: str, origin: str) -> dict[str, Any]:
+def _layer_entry(layer: LayerSpec, state: Mapping[str, torch.Tensor], prefix: str, origin: str) -> dict[str, Any]:
     found = layer_weights(state, prefix + layer.source)
     if found is None:
         return {"module": layer.source, "origin": origin, "error": f"no key {prefix}{layer.source}.weight"}
@@ -48,7 +54,6 @@ def _layer_entry(layer: LayerSpec, state: dict[str, torch.Tensor], prefix: str, 
         plan = plan_layer(layer, weight)
     except Deconv2ShuffleError as e:
         return {"module": layer.source, "origin": origin, "error": str(e)}
-    groups = plan.source.groups
     return {
         "module": layer.source,
         "origin": origin,
@@ -59,18 +64,23 @@ def _layer_entry(layer: LayerSpec, state: dict[str, torch.Tensor], prefix: str, 
         "target": layer.target_module,
         "target_kernel_size": list(plan.target.kernel_size),
         "target_padding": list(plan.target.pad_before),
-        "target_weight_shape": [
-            weight.shape[1] * groups * plan.phases,
-            weight.shape[0] // groups,
-            *plan.target.kernel_size,
-        ],
+        "target_weight_shape": target_weight_shape(weight, plan),
         "crop": list(plan.crop),
         "macs_ratio": plan.macs_ratio,
     }
 
 
-def guess_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """Modules that look like ConvTranspose layers, with the reason; the geometry is an assumption."""
+def guess_layers(state: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Modules that look like ConvTranspose layers, with the reason; the geometry is an assumption.
+
+    Args:
+        state: the state_dict.
+
+    Returns:
+        One entry per likely layer: ``module``, ``reason``, ``weight_shape``, ``weight_norm``,
+        and, when the kernel is even, the assumed ``stride`` / ``padding`` (k = 2s) and the plan
+        that gives.
+    """
     out = []
     seen = set()
     for key in state:
@@ -115,11 +125,26 @@ def guess_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     return out
 
 
-def inspect_checkpoint(
-    path: str | Path, sources: Sources | None = None, *, state_dict_key: str | None = None, trust_pickle: bool = False
+def describe_checkpoint(
+    ckpt: Checkpoint,
+    layers: Sequence[LayerSpec] | None = None,
+    *,
+    origin: str = "spec",
+    file_bytes: int = 0,
 ) -> dict[str, Any]:
-    """Everything ``deconv2shuffle inspect`` shows, as plain data."""
-    ckpt = load_checkpoint(path, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+    """Everything ``inspect`` shows about a loaded checkpoint, as plain data.
+
+    Args:
+        ckpt: the loaded checkpoint.
+        layers: the ConvTranspose layers a spec or source model lists; ``None``: guess them.
+        origin: where ``layers`` came from (``"spec"`` or ``"model"``).
+        file_bytes: the files' size on disk.
+
+    Returns:
+        ``file``, ``format``, ``file_bytes``, ``top_level``, ``state_dict_key``, ``metadata``,
+        ``modules`` (tensors grouped by module), ``totals`` and ``conv_transpose`` (each layer
+        with its target geometry), ``conv_transpose_source`` (``spec``, ``model`` or ``guess``).
+    """
     state = ckpt.state_dict
     modules: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     by_dtype: dict[str, dict[str, int]] = {}
@@ -134,22 +159,18 @@ def inspect_checkpoint(
         d["tensors"] += 1
         d["numel"] += t.numel()
         d["bytes"] += nbytes
-    layers: list[dict[str, Any]] = []
-    origin = None
-    if sources is not None and (sources.spec is not None or sources.source_model is not None):
-        origin = "spec" if sources.spec is not None and sources.spec.layers else "model"
-        specs = sources.layers()
-        prefix = find_prefix(list(state), specs[0].source, str(path)) if specs else ""
-        layers = [_layer_entry(layer, state, prefix, origin) for layer in specs]
+    if layers is not None:
+        prefix = find_prefix(list(state), layers[0].source, str(ckpt.path)) if layers else ""
+        found = [_layer_entry(layer, state, prefix, origin) for layer in layers]
     else:
-        layers = guess_layers(state)
+        found, origin = guess_layers(state), "guess"
     top = {}
     if isinstance(ckpt.container, dict) and ckpt.state_key is not None:
         top = {str(k): _summary(v) for k, v in ckpt.container.items()}
     return {
-        "file": str(path),
+        "file": str(ckpt.path),
         "format": ckpt.format,
-        "file_bytes": sum(p.stat().st_size for p in ckpt.files),
+        "file_bytes": file_bytes,
         "top_level": top,
         "state_dict_key": ckpt.state_key,
         "state_dict_candidates": ckpt.candidates,
@@ -161,6 +182,6 @@ def inspect_checkpoint(
             "bytes": sum(d["bytes"] for d in by_dtype.values()),
             "by_dtype": by_dtype,
         },
-        "conv_transpose": layers,
-        "conv_transpose_source": origin or "guess",
+        "conv_transpose": found,
+        "conv_transpose_source": origin,
     }

@@ -18,28 +18,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import SpecError
-from .nn import _TRANSPOSED, PixelShuffle, _SubPixelConvTranspose, transposed_spec
+from ..errors import SpecError
+from ..nn import _TRANSPOSED, PixelShuffle, _SubPixelConvTranspose, transposed_spec
 from .spec import LayerSpec
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str = "model") -> nn.Module:
-    """Import ``ref`` and call it with ``args`` (JSON object text or a dict) to get a module."""
+    """Import ``ref`` and call it with ``args`` to get a module.
+
+    Args:
+        ref: ``"package.module:Name"`` or ``"path/to/file.py:Name"`` (a class or a factory).
+        args: constructor keyword arguments, as a dict or as JSON object text.
+        what: the parameter the reference came from (``"source_model"``), for messages.
+
+    Returns:
+        The module, in eval mode.
+
+    Raises:
+        SpecError: the reference cannot be imported or called, or gives no ``nn.Module``.
+    """
+    name_of = f"{what}={ref!r}"
     if ":" not in ref:
-        raise SpecError(f"--{what} {ref!r}: expected 'package.module:Name' or 'path/to/file.py:Name'")
+        raise SpecError(f"{name_of}: expected 'package.module:Name' or 'path/to/file.py:Name'")
     where, _, name = ref.rpartition(":")
-    kwargs = _parse_args(args, what)
+    kwargs = _parse_args(args, what.replace("model", "args"))
     try:
         if where.endswith(".py") or "/" in where or "\\" in where:
             path = Path(where)
             if not path.is_file():
-                raise SpecError(f"--{what} {ref!r}: file {where} not found")
+                raise SpecError(f"{name_of}: file {where} not found")
             mod_name = f"_deconv2shuffle_user_{abs(hash(str(path.resolve())))}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
             if spec is None or spec.loader is None:
-                raise SpecError(f"--{what} {ref!r}: cannot import {where}")
+                raise SpecError(f"{name_of}: cannot import {where}")
             module = importlib.util.module_from_spec(spec)
             sys.path.insert(0, str(path.resolve().parent))
             try:
@@ -52,16 +65,16 @@ def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str 
     except SpecError:
         raise
     except Exception as e:  # the user's code may raise anything while importing
-        raise SpecError(f"--{what} {ref!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+        raise SpecError(f"{name_of}: importing {where} failed: {type(e).__name__}: {e}") from None
     factory = getattr(module, name, None)
     if factory is None:
-        raise SpecError(f"--{what} {ref!r}: {where} has no attribute {name!r}")
+        raise SpecError(f"{name_of}: {where} has no attribute {name!r}")
     try:
         model = factory(**kwargs)
     except Exception as e:
-        raise SpecError(f"--{what} {ref!r}: {name}(**{kwargs}) failed: {type(e).__name__}: {e}") from None
+        raise SpecError(f"{name_of}: {name}(**{kwargs}) failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise SpecError(f"--{what} {ref!r}: {name}(...) returned a {type(model).__name__}, not an nn.Module")
+        raise SpecError(f"{name_of}: {name}(...) returned a {type(model).__name__}, not an nn.Module")
     return model.eval()
 
 
@@ -73,9 +86,9 @@ def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
     try:
         value = json.loads(args)
     except json.JSONDecodeError as e:
-        raise SpecError(f"--{what.replace('model', 'args')}: not valid JSON ({e})") from None
+        raise SpecError(f"{what}={args!r}: not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise SpecError(f"--{what.replace('model', 'args')}: expected a JSON object of constructor kwargs")
+        raise SpecError(f"{what}={args!r}: expected a JSON object of constructor kwargs")
     return value
 
 
@@ -220,8 +233,8 @@ def guess_input(model: nn.Module) -> tuple[int, ...] | None:
     if isinstance(first, nn.Linear):
         candidates = [(2, first.in_features)]
     else:
-        rank = len(first.kernel_size)  # type: ignore[arg-type]
-        c = first.in_channels  # type: ignore[union-attr]
+        rank = len(first.kernel_size)
+        c = first.in_channels
         candidates = [(2, c, *([n] * rank)) for n in (16, 8, 1, 32, 4, 64)]
     for shape in candidates:
         try:

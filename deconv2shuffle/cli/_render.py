@@ -5,15 +5,33 @@ rich honours ``NO_COLOR`` and drops colour and box-drawing control codes when th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .report import format_axes as _axes
+from ._errors import to_flags
+from ._tables import (
+    add_row,
+    batch_table,
+    bench_table,
+    fmt_bytes,
+    fmt_err,
+    keys_table,
+    layers_table,
+    migration_table,
+    tensors_table,
+)
+
+if TYPE_CHECKING:
+    from ..pipeline import BatchResult, BenchRow, FileResult
+    from ..report import MigrationReport
 
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
@@ -33,6 +51,7 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
+    """``error: MESSAGE`` on stderr, one line."""
     err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
 
 
@@ -41,36 +60,9 @@ def say(message: str) -> None:
     out.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def _add_row(table: Table, *cells: str) -> None:
-    """Cells are plain text: keys, errors and tap names contain brackets that are not markup."""
-    table.add_row(*(Text(c) for c in cells))
-
-
-def _err(value: float) -> str:
-    return f"{value:.2e}"
-
-
-def render_migration(report: Any) -> None:
+def render_migration(report: MigrationReport) -> None:
     """The terminal table for a MigrationReport."""
-    table = Table(title="deconv2shuffle migrate", title_justify="left")
-    for col in ("key", "old shape", "new shape", "action", "target conv", "max abs err", "rel err", "MACs ratio"):
-        table.add_column(col, no_wrap=col != "key")
-    for layer in report.layers:
-        action = "converted" if layer.exact else f"approx (dropped {layer.dropped_mass:.2g})"
-        if layer.weight_norm_folded:
-            action += ", weight norm folded"
-        _add_row(
-            table,
-            f"{layer.source} -> {layer.target}",
-            str(tuple(layer.old_shape)),
-            str(tuple(layer.new_shape)),
-            action,
-            f"k{_axes(layer.target_kernel_size)} p{_axes(layer.target_padding)} crop {_axes(layer.crop)}",
-            _err(layer.max_abs_error),
-            _err(layer.max_rel_error),
-            f"{layer.macs_ratio:.2f}",
-        )
-    out.print(table)
+    out.print(migration_table(report))
     say(
         f"{len(report.layers)} converted, {len(report.copied)} copied, {len(report.renamed)} renamed, "
         f"{len(report.dropped)} dropped, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
@@ -89,32 +81,24 @@ def render_migration(report: Any) -> None:
     if report.end_to_end:
         e = report.end_to_end
         if "skipped" in e:
-            say(f"end-to-end check skipped: {e['skipped']}")
+            say(f"end-to-end check skipped: {to_flags(e['skipped'])}")
         else:
             say(
                 f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): "
-                f"max abs error {_err(e['max_abs_error'])}, "
-                f"relative {_err(e['max_rel_error'])}"
+                f"max abs error {fmt_err(e['max_abs_error'])}, "
+                f"relative {fmt_err(e['max_rel_error'])}"
             )
     for n in report.notes:
-        say(f"note: {n}")
+        say(f"note: {to_flags(n)}")
     if report.written:
         say(f"wrote {', '.join(report.written)}")
     elif report.output_file is None:
         say("check only: nothing written")
 
 
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def render_inspect(data: dict[str, Any]) -> None:
-    say(f"{data['file']}: {data['format']}, {_bytes(data['file_bytes'])}")
+    """The container, every tensor by module, totals, and the ConvTranspose layers."""
+    say(f"{data['file']}: {data['format']}, {fmt_bytes(data['file_bytes'])}")
     if data["top_level"]:
         say("top-level entries:")
         for key, summary in data["top_level"].items():
@@ -124,31 +108,10 @@ def render_inspect(data: dict[str, Any]) -> None:
         say("the file is a bare state_dict")
     if data["metadata"]:
         say(f"metadata: {json.dumps(data['metadata'])[:300]}")
-    table = Table(title="tensors by module", title_justify="left")
-    for col, justify in (
-        ("module", "left"),
-        ("tensor", "left"),
-        ("shape", "left"),
-        ("dtype", "left"),
-        ("elements", "right"),
-        ("bytes", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for group in data["modules"]:
-        for i, row in enumerate(group["tensors"]):
-            _add_row(
-                table,
-                group["module"] if i == 0 else "",
-                row["name"],
-                str(tuple(row["shape"])),
-                row["dtype"],
-                f"{row['numel']:,}",
-                _bytes(row["bytes"]),
-            )
-    out.print(table)
+    out.print(tensors_table(data))
     t = data["totals"]
-    dtypes = ", ".join(f"{k}: {v['tensors']} tensors, {_bytes(v['bytes'])}" for k, v in t["by_dtype"].items())
-    say(f"total: {t['tensors']} tensors, {t['numel']:,} elements, {_bytes(t['bytes'])} ({dtypes})")
+    dtypes = ", ".join(f"{k}: {v['tensors']} tensors, {fmt_bytes(v['bytes'])}" for k, v in t["by_dtype"].items())
+    say(f"total: {t['tensors']} tensors, {t['numel']:,} elements, {fmt_bytes(t['bytes'])} ({dtypes})")
     layers = data["conv_transpose"]
     origin = data["conv_transpose_source"]
     if not layers:
@@ -157,38 +120,11 @@ def render_inspect(data: dict[str, Any]) -> None:
             + ("listed" if origin != "guess" else "recognised; give --spec or --source-model")
         )
         return
-    title = "ConvTranspose layers" + (
-        " (GUESSES: confirm with --spec or --source-model)" if origin == "guess" else f" (from {origin})"
-    )
-    table = Table(title=title, title_justify="left")
-    for col in ("module", "geometry", "weight", "target conv", "target weight", "crop", "MACs ratio", "note"):
-        table.add_column(col)
-    for layer in layers:
-        if "error" in layer:
-            _add_row(table, layer["module"], "", "", "", "", "", "", layer["error"])
-            continue
-        note = layer.get("reason", "") if origin == "guess" else ""
-        if layer.get("assumed"):
-            note += f"; assumed {layer['assumed']}"
-        if layer.get("weight_norm"):
-            note = ("weight norm; " + note).strip("; ")
-        _add_row(
-            table,
-            layer["module"],
-            layer.get("geometry", "?"),
-            str(tuple(layer["weight_shape"])),
-            f"k{_axes(layer['target_kernel_size'])} p{_axes(layer['target_padding'])}"
-            if "target_kernel_size" in layer
-            else "?",
-            str(tuple(layer["target_weight_shape"])) if "target_weight_shape" in layer else "",
-            _axes(layer["crop"]) if "crop" in layer else "",
-            f"{layer['macs_ratio']:.2f}" if "macs_ratio" in layer else "",
-            note,
-        )
-    out.print(table)
+    out.print(layers_table(data))
 
 
 def render_explain(data: dict[str, Any]) -> None:
+    """The tap table per axis, the example lengths, why it is exact, and the cost."""
     verdict = "exact" if data["exact"] else "NOT exact"
     say(f"ConvTranspose {data['source']}  ->  conv {data['target']} + PixelShuffle + crop: {verdict}")
     seen: dict[str, int] = {}
@@ -212,7 +148,7 @@ def render_explain(data: dict[str, Any]) -> None:
         for j in ax["columns"]:
             table.add_column(f"j={j}" + ("" if 0 <= j < K else " (outside)"), justify="center")
         for ph in ax["phases"]:
-            _add_row(table, f"s={ph['phase']}", *[("." if t is None else f"w[{t}]") for t in ph["row"]])
+            add_row(table, f"s={ph['phase']}", *[("." if t is None else f"w[{t}]") for t in ph["row"]])
         out.print(table)
         e = ax["example"]
         say(
@@ -237,34 +173,13 @@ def render_explain(data: dict[str, Any]) -> None:
     )
 
 
-def render_bench(rows: list[Any]) -> None:
-    table = Table(title=f"forward time per layer ({rows[0].device if rows else 'cpu'}, median)", title_justify="left")
-    for col in (
-        "layer",
-        "geometry",
-        "input",
-        "transposed ms",
-        "sub-pixel (symmetric) ms",
-        "sub-pixel (tight) ms",
-        "verdict",
-    ):
-        table.add_column(col)
-    for r in rows:
-        tight = f"{r.tight_ms:.3f} ({r.tight_target})" if r.tight_ms is not None else "same as symmetric"
-        _add_row(
-            table,
-            r.layer,
-            r.geometry,
-            str(tuple(r.input_shape)),
-            f"{r.transposed_ms:.3f}",
-            f"{r.symmetric_ms:.3f} ({r.symmetric_target})",
-            tight,
-            r.verdict,
-        )
-    out.print(table)
+def render_bench(rows: list[BenchRow]) -> None:
+    """Median forward times per layer, old and both new forms, and the verdict."""
+    out.print(bench_table(rows))
 
 
 def batch_progress() -> Any:
+    """A progress bar on stderr for a batch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -277,15 +192,9 @@ def batch_progress() -> Any:
     )
 
 
-def render_batch(result: Any) -> None:
-    table = Table(title="deconv2shuffle batch", title_justify="left")
-    for col in ("input", "status", "layers", "max rel error", "seconds", "detail"):
-        table.add_column(col)
-    for f in result.files:
-        err_text = f"{f.max_rel_error:.2e}" if f.max_rel_error is not None else ""
-        detail = f.error or (f.output if f.status != "failed" else "")
-        _add_row(table, f.input, f.status, str(f.layers or ""), err_text, f"{f.seconds:.2f}", detail)
-    out.print(table)
+def render_batch(result: BatchResult) -> None:
+    """One row per file, and the counts."""
+    out.print(batch_table(result))
     say(
         f"{result.count('converted')} converted, {result.count('skipped')} up to date, {result.count('failed')} failed "
         f"in {result.seconds:.1f} s"
@@ -294,30 +203,90 @@ def render_batch(result: Any) -> None:
 
 def status(message: str, enabled: bool = True) -> Any:
     """A spinner on stderr while long work runs; nothing when stderr is not a terminal."""
-    import contextlib
-
     if not enabled or not err.is_terminal:
         return contextlib.nullcontext()
     return err.status(Text(message), spinner="dots")
 
 
-def render_keys(report: Any) -> None:
+def render_keys(report: MigrationReport) -> None:
     """Every key of the old checkpoint (and every missing target key) with its action."""
-    table = Table(title="every key", title_justify="left")
-    for col in ("old key", "new key", "action"):
-        table.add_column(col)
-    for layer in report.layers:
-        new_weight, new_bias = layer.new_keys[0], (layer.new_keys[1:] or [""])[0]
-        for old in layer.old_keys:
-            new = new_bias if old.endswith(".bias") else new_weight
-            folded = layer.weight_norm_folded and not old.endswith(".bias")
-            _add_row(table, old, new, "weight norm folded + converted" if folded else "converted")
-    for key in report.copied:
-        _add_row(table, key, key, "copied")
-    for old, new in report.renamed.items():
-        _add_row(table, old, new, "renamed")
-    for key in report.dropped:
-        _add_row(table, key, "", "dropped")
-    for key in report.missing:
-        _add_row(table, "", key, "MISSING in target")
-    out.print(table)
+    out.print(keys_table(report))
+
+
+# --------------------------------------------------------------------------------------------
+# One entry per command: JSON for scripts, tables for people
+
+
+def migration(report: MigrationReport, *, json_out: bool, verbose: bool, report_path: Path | None) -> None:
+    """What ``migrate`` prints."""
+    if json_out:
+        print_json(report.to_dict())
+        return
+    render_migration(report)
+    if verbose:
+        render_keys(report)
+    if report_path is not None:
+        say(f"report: {report_path}")
+
+
+def inspection(data: dict[str, Any], *, json_out: bool) -> None:
+    """What ``inspect`` prints."""
+    if json_out:
+        print_json(data)
+    else:
+        set_width_for_pipes()
+        render_inspect(data)
+
+
+def explanation(data: dict[str, Any], *, json_out: bool) -> None:
+    """What ``explain`` prints."""
+    if json_out:
+        print_json(data)
+    else:
+        set_width_for_pipes()
+        render_explain(data)
+
+
+def timings(rows: list[BenchRow], *, json_out: bool) -> None:
+    """What ``bench`` prints."""
+    if json_out:
+        print_json([r.to_dict() for r in rows])
+    else:
+        set_width_for_pipes()
+        render_bench(rows)
+
+
+def batch_summary(result: BatchResult, *, json_out: bool) -> None:
+    """What ``batch`` prints when it is done."""
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        render_batch(result)
+
+
+def spec_text(text: str) -> None:
+    """A spec, as is, on stdout."""
+    sys.stdout.write(text)
+
+
+@contextlib.contextmanager
+def batch_progress_hooks() -> Iterator[tuple[Callable[[int], None], Callable[[FileResult], None]]]:
+    """A progress bar for a batch, and the ``on_start`` / ``on_file`` hooks that drive it."""
+    progress = batch_progress()
+    task: list[Any] = []
+
+    def on_start(total: int) -> None:
+        task.append(progress.add_task("converting", total=total))
+
+    def on_file(result: FileResult) -> None:
+        mark = {"converted": "ok", "skipped": "up to date", "failed": "FAILED"}[result.status]
+        progress.console.print(
+            f"{mark:>10}  {result.input}" + (f": {to_flags(result.error)}" if result.error else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        progress.advance(task[0])
+
+    with progress:
+        yield on_start, on_file

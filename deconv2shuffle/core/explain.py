@@ -1,14 +1,33 @@
-"""explain: where every source tap lands in the target kernel, per phase, and why that is exact."""
+"""explain: where every source tap lands in the target kernel, per phase, and why that is exact.
+
+Plain data only (the command line draws it): from a plan, from a geometry given as integer lists,
+or for one layer of an in-memory state_dict.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .geometry import SubPixelPlan, TransposedConv, explain_mismatch, fit, smallest
+import torch
+
+from ..errors import UsageError
+from ..geometry import SubPixelPlan, TransposedConv, explain_mismatch, fit, smallest
+from .planning import locate_layer, plan_layer
+from .spec import LayerSpec
 
 
 def explain_plan(plan: SubPixelPlan, length: int = 8) -> dict[str, Any]:
-    """Plain data for the terminal drawing and for ``--json``."""
+    """Where each source tap lands, per axis and phase, with an example length and the cost.
+
+    Args:
+        plan: the plan to explain.
+        length: example input length per axis.
+
+    Returns:
+        Plain data: ``source``, ``target``, ``exact``, ``reasons``, ``smallest``, ``tight``,
+        ``macs_ratio``, ``crop``, ``phases`` and per-axis tap tables under ``axes``.
+    """
     tight = smallest(plan.source, "tight")
     best = smallest(plan.source)
     axes = []
@@ -77,7 +96,17 @@ def explain_geometry(
     length: int = 8,
     rank: int | None = None,
 ) -> dict[str, Any]:
-    """Explain a geometry given as lists (one value = every axis; ``rank`` defaults to 2 then)."""
+    """Explain a geometry given as integer lists (one value = every axis).
+
+    Args:
+        kernel, stride, padding, output_padding, dilation: the ConvTranspose's hyperparameters.
+        target_kernel, target_padding: fit into this conv; omitted: the smallest exact one.
+        length: example input length per axis.
+        rank: spatial axes; default: the longest list, at least 2.
+
+    Returns:
+        See :func:`explain_plan`.
+    """
     rank = rank or max(len(kernel), len(stride), len(padding), len(output_padding), len(dilation), 2)
 
     def axes(v: list[int]) -> tuple[int, ...]:
@@ -90,4 +119,40 @@ def explain_geometry(
         plan = fit(source, (axes(target_kernel), axes(target_padding or [0])))
     else:
         plan = smallest(source)
+    return explain_plan(plan, length)
+
+
+def explain_layer(
+    state: Mapping[str, torch.Tensor],
+    layers: Sequence[LayerSpec],
+    layer: str,
+    target_kernel: Sequence[int] | None = None,
+    target_padding: Sequence[int] | None = None,
+    length: int = 8,
+    source_name: str = "checkpoint",
+) -> dict[str, Any]:
+    """Explain one layer of a state_dict, with the hyperparameters a spec gives it.
+
+    Args:
+        state: the state_dict holding the layer's weight.
+        layers: the spec's layers; ``layer`` must be one of them.
+        layer: module path of the layer.
+        target_kernel, target_padding: fit into this conv instead of the spec's target.
+        length: example input length per axis.
+        source_name: the file the state comes from, for messages.
+
+    Returns:
+        See :func:`explain_plan`.
+
+    Raises:
+        UsageError: ``layer`` is not in ``layers``.
+        SpecError: the state has no weight for it.
+    """
+    by_source = {x.source: x for x in layers}
+    if layer not in by_source:
+        raise UsageError(f"layer={layer!r} is not in the spec (layers: {', '.join(by_source) or 'none'})")
+    found = locate_layer(state, layer, source_name).weights
+    plan = plan_layer(by_source[layer], found.weight)
+    if target_kernel:
+        plan = fit(plan.source, (tuple(target_kernel), tuple(target_padding or (0,))))
     return explain_plan(plan, length)

@@ -1,0 +1,94 @@
+"""Options shared by several commands (one definition each), and the parsers of option text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SpecOpt = Annotated[Path | None, typer.Option("--spec", help="Spec file (TOML) listing the layers to convert.")]
+SourceModelOpt = Annotated[
+    str | None, typer.Option("--source-model", help="Old model: 'package.module:Name' or 'path/file.py:Name'.")
+]
+SourceArgsOpt = Annotated[str | None, typer.Option("--source-args", help="JSON kwargs for the source model.")]
+TargetModelOpt = Annotated[
+    str | None, typer.Option("--target-model", help="New model: 'package.module:Name' or 'path/file.py:Name'.")
+]
+TargetArgsOpt = Annotated[str | None, typer.Option("--target-args", help="JSON kwargs for the target model.")]
+StateKeyOpt = Annotated[
+    str | None, typer.Option("--state-dict-key", help="Top-level entry holding the weights (e.g. state_dict_ema).")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="UNSAFE: allow arbitrary code in the checkpoint's pickle. Only for files you trust."
+    ),
+]
+AllowGlobalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-global",
+        help="Let the pickle use this global (module.Name), and no other (repeatable). Narrower than --trust-pickle.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+ApproxOpt = Annotated[
+    bool, typer.Option("--approx", help="Allow an inexact target: keep the taps that fit, report the error.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output (atomically).")]
+InputShapeOpt = Annotated[
+    str | None, typer.Option("--input-shape", help="Model input, e.g. 1,3,64,64 (end-to-end check, bench).")
+]
+KernelOpt = Annotated[str | None, typer.Option("--kernel", "-k", help="Kernel size, e.g. 4 or 4,3.")]
+StrideOpt = Annotated[str | None, typer.Option("--stride", "-s", help="Stride.")]
+PaddingOpt = Annotated[str, typer.Option("--padding", "-p", help="Padding.")]
+OutputPaddingOpt = Annotated[str, typer.Option("--output-padding", help="Output padding.")]
+
+
+def parse_ints(text: str | None, flag: str, *, positive: bool = False) -> tuple[int, ...]:
+    """The one parser of integer lists: ``"4"``, ``"4,3"``, ``"1x3x64x64"``, ``"1 3 64 64"``.
+
+    Args:
+        text: the option's text (``None`` or empty: no values).
+        flag: the option, for the message (``"--kernel"``).
+        positive: require every value to be at least 1.
+
+    Returns:
+        The integers, in order.
+
+    Raises:
+        typer.BadParameter: text that is not a list of integers (exit 2).
+    """
+    if text is None or not text.strip():
+        return ()
+    try:
+        values = tuple(int(v) for v in re.split(r"[,x\s]+", text.strip()) if v)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected an integer or one per axis like 2,1", param_hint=flag) from None
+    if positive and any(v < 1 for v in values):
+        raise typer.BadParameter(f"{text!r}: expected positive integers like 1,3,64,64", param_hint=flag)
+    return values
+
+
+def parse_rename(items: list[str] | None) -> list[tuple[str, str]]:
+    """``REGEX=REPLACEMENT`` items as ``(regex, replacement)`` pairs (the regex is checked by the library)."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r}: expected REGEX=REPLACEMENT", param_hint="--rename")
+        pattern, _, repl = item.partition("=")
+        out.append((pattern, repl))
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` as ``(i, n)`` (the range is checked by the library)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected I/N, e.g. 0/4", param_hint="--shard") from None
+    return i, n

@@ -1,0 +1,99 @@
+"""``deconv2shuffle migrate OLD NEW``: convert one checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._errors import handle_errors
+from ._options import (
+    AllowGlobalOpt,
+    ApproxOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    SourceArgsOpt,
+    SourceModelOpt,
+    SpecOpt,
+    StateKeyOpt,
+    TargetArgsOpt,
+    TargetModelOpt,
+    TrustOpt,
+    parse_ints,
+    parse_rename,
+)
+
+NAME = "migrate"
+
+
+@handle_errors
+def command(
+    old: Annotated[Path, typer.Argument(help="Checkpoint trained with ConvTranspose layers.")],
+    new: Annotated[Path | None, typer.Argument(help="Where to write the converted checkpoint.")] = None,
+    spec: SpecOpt = None,
+    source_model: SourceModelOpt = None,
+    source_args: SourceArgsOpt = None,
+    target_model: TargetModelOpt = None,
+    target_args: TargetArgsOpt = None,
+    approx: ApproxOpt = False,
+    rename: Annotated[
+        list[str] | None, typer.Option("--rename", help="REGEX=REPLACEMENT for other keys (repeatable).")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option("--drop", help="Leave out keys matching REGEX (repeatable).")
+    ] = None,
+    state_dict_key: StateKeyOpt = None,
+    trust_pickle: TrustOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    force: ForceOpt = False,
+    input_shape: InputShapeOpt = None,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Accept target keys the checkpoint cannot fill.")
+    ] = False,
+    drop_unexpected: Annotated[
+        bool, typer.Option("--drop-unexpected", help="Leave out keys the target model does not have.")
+    ] = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Max relative float64 error per layer.")] = 1e-10,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert and verify, write nothing.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the report as .json or .md.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key and what happened to it.")] = False,
+    no_hash: Annotated[
+        bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert OLD into NEW: match layers, rewrite weights exactly, verify each layer, write atomically."""
+    from ..pipeline import migrate
+    from . import _render
+
+    if new is None and not dry_run:
+        raise typer.BadParameter("give NEW, or --dry-run to only check", param_hint="NEW")
+    renames = parse_rename(rename)
+    shape = parse_ints(input_shape, "--input-shape", positive=True) or None
+    _render.set_width_for_pipes()
+    with _render.status(f"migrating {old}", enabled=not json_out):
+        result = migrate(
+            old,
+            None if dry_run else new,
+            spec=spec,
+            source_model=source_model,
+            target_model=target_model,
+            source_args=source_args,
+            target_args=target_args,
+            approx=approx,
+            rename=renames,
+            drop=drop or [],
+            state_dict_key=state_dict_key,
+            trust_pickle=trust_pickle,
+            allow_globals=allow_global or [],
+            force=force,
+            tolerance=tolerance,
+            input_shape=shape,
+            allow_missing=allow_missing,
+            drop_unexpected=drop_unexpected,
+            report_path=report,
+            hash_source=not no_hash,
+        )
+    _render.migration(result, json_out=json_out, verbose=verbose, report_path=report)
