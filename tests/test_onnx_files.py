@@ -202,7 +202,7 @@ def test_models_over_the_protobuf_limit_are_written_with_external_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 2 GiB limit, scaled down: a model "too large" for one protobuf goes to external data."""
-    monkeypatch.setattr("deconv2shuffle.onnx_graph.pipeline._INLINE_LIMIT", 1000)
+    monkeypatch.setattr("deconv2shuffle.onnx_graph.migration._INLINE_LIMIT", 1000)
     src = _src(tmp_path)
     with pytest.raises(OnnxModelError, match=r"do not fit in one protobuf message .* \(external_data=True\)"):
         migrate_onnx(src, tmp_path / "out.onnx", external_data=False)

@@ -6,7 +6,9 @@ without it: :func:`looks_like_onnx` needs nothing, and the other functions raise
 
 Modules: ``files`` (sniffing, reading with external data, atomic writing), ``attrs`` (attribute
 resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), ``qdq``
-(quantized weights), ``convert`` (one node), ``verify`` (checks), ``report``, ``pipeline``.
+(quantized weights), ``graph`` (names, constants, shapes), ``convert`` (one node), ``verify``
+(float64 node checks, onnx.checker), ``runtime`` (ONNX Runtime check), ``report``, ``migration``
+(the two entry points below).
 """
 
 from __future__ import annotations
@@ -45,9 +47,39 @@ def migrate_onnx(
     external_data: bool | None = None,
     seed: int = 0,
 ) -> OnnxReport:
-    """Rewrite the ONNX model ``src`` into ``dst``; see :func:`.pipeline.migrate_onnx`."""
+    """Rewrite every ConvTranspose of the ONNX model ``src`` into Conv + pixel shuffle + crop; write ``dst``.
+
+    Weights are rearranged bit for bit (quantized ``DequantizeLinear`` weights included); nodes
+    whose weight is not a constant are left as they are and reported. Nothing is written unless
+    every check passes.
+
+    Args:
+        src: the model (``.onnx``; external data beside it is read too).
+        dst: the output; refused if it exists unless ``force=True``, and always if it is ``src``.
+        force: replace an existing ``dst``.
+        verify: check each rewritten node in float64 against torch's ``conv_transpose``.
+        end_to_end: run the original and the rewritten model in ONNX Runtime (when installed) on
+            random inputs and compare every output within ``tolerance``.
+        tolerance: largest relative difference of an output (to its largest value) in ONNX Runtime.
+        input_shapes: shapes of the random inputs by input name (default: the declared shape,
+            unknown dimensions 1 for the first axis and 8 for the others).
+        external_data: write the weights to ``<dst>.data`` (default: when the input had external
+            data or the weights would not fit in one 2 GiB protobuf).
+        seed: seed of the random inputs.
+
+    Returns:
+        The :class:`OnnxReport`: every node's old and new geometry, MACs ratio and error, the
+        checks run; ``report.ok`` is true once ``dst`` is written.
+
+    Raises:
+        OnnxUnavailableError: the ``onnx`` extra is not installed.
+        OnnxModelError: ``src`` is unreadable (corrupt, truncated, missing external data,
+            unsupported opset) or ``dst`` cannot be written.
+        OutputExistsError: ``dst`` exists without ``force=True``, is ``src`` or a folder.
+        VerificationError: a check failed; nothing was written.
+    """
     require_onnx(src)
-    from .pipeline import migrate_onnx as run
+    from .migration import migrate_onnx as run
 
     return run(
         src,
@@ -63,16 +95,27 @@ def migrate_onnx(
 
 
 def inspect_onnx(src: str | Path) -> OnnxReport:
-    """Every ConvTranspose of ``src`` and what it would become; see :func:`.pipeline.inspect_onnx`."""
+    """What :func:`migrate_onnx` would do with ``src``, without rearranging or writing anything.
+
+    Args:
+        src: the model (``.onnx``); its external data is not read.
+
+    Returns:
+        An :class:`OnnxReport` with ``output_file`` None: each ConvTranspose with its new geometry,
+        new weight shape and MACs ratio (status ``"convertible"``), or why it stays (``"left"``).
+
+    Raises:
+        OnnxUnavailableError: the ``onnx`` extra is not installed.
+        OnnxModelError: ``src`` is unreadable.
+    """
     require_onnx(src)
-    from .pipeline import inspect_onnx as run
+    from .migration import inspect_onnx as run
 
     return run(src)
 
 
 def __getattr__(name: str) -> object:
     if name in ("OnnxReport", "OnnxNodeResult"):
-        require_onnx()
         from . import report
 
         return getattr(report, name)

@@ -1,7 +1,7 @@
-"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> write (checked).
+"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> check -> write.
 
-Nothing is written unless every rewritten node matches its ConvTranspose in float64, the file
-passes ``onnx.checker`` (full check), and, when ONNX Runtime is installed, the whole model
+Nothing is written unless every rewritten node matches its ConvTranspose in float64, the new
+graph passes ``onnx.checker`` (full check), and, when ONNX Runtime is installed, the whole model
 matches the original on random inputs.
 """
 
@@ -113,30 +113,7 @@ def migrate_onnx(
     external_data: bool | None = None,
     seed: int = 0,
 ) -> OnnxReport:
-    """Rewrite every ConvTranspose of the ONNX model ``src`` into Conv + pixel shuffle + crop; write ``dst``.
-
-    Args:
-        src: the model (``.onnx``; external data beside it is read too).
-        dst: the output; refused if it exists unless ``force=True``, and always if it is ``src``.
-        verify: check each rewritten node in float64 against torch's ``conv_transpose``.
-        end_to_end: run original and rewritten model in ONNX Runtime (when installed) on
-            random inputs and compare every output within ``tolerance`` (relative).
-        input_shapes: shapes of the random inputs by input name (default: the declared shape,
-            unknown dimensions 1 for the first axis and 8 for the others).
-        external_data: write the weights to ``<dst>.data`` (default: when the input had external
-            data or the model would not fit in one 2 GiB protobuf).
-        seed: seed of the random inputs.
-
-    Returns:
-        The :class:`OnnxReport`; ``report.ok`` is true once ``dst`` is written.
-
-    Raises:
-        OnnxUnavailableError: the ``onnx`` extra is not installed.
-        OnnxModelError: ``src`` is unreadable (corrupt, truncated, missing external data,
-            unsupported opset) or ``dst`` cannot be written.
-        OutputExistsError: ``dst`` exists without ``force=True``, or is ``src``.
-        VerificationError: a check failed; nothing was written.
-    """
+    """See :func:`deconv2shuffle.onnx_graph.migrate_onnx` (this module needs ``onnx`` at import)."""
     src, dst = Path(src), Path(dst)
     check_destination(src, dst, force=force)
     loaded = read_model(src)
@@ -183,11 +160,7 @@ def _external(loaded: LoadedModel, asked: bool | None, dst: Path, report: OnnxRe
 
 
 def inspect_onnx(src: str | Path) -> OnnxReport:
-    """What :func:`migrate_onnx` would do with ``src``: every ConvTranspose, its new geometry or why it stays.
-
-    Nothing is rearranged or written; ``report.output_file`` is None and converted nodes have
-    status ``"convertible"``.
-    """
+    """See :func:`deconv2shuffle.onnx_graph.inspect_onnx`."""
     src = Path(src)
     loaded = read_model(src, load_data=False)
     report = OnnxReport(source_file=str(src), opset=loaded.opset, external_data=bool(loaded.external_files))
