@@ -222,3 +222,12 @@ def test_output_data_file_may_not_replace_the_inputs(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError, match="would replace the input's external data"):
         migrate_onnx(src, tmp_path / "out.onnx", force=True)
     _only(tmp_path, "in.onnx", "out.onnx.data")
+
+
+def test_missing_input_and_folder_input(tmp_path: Path) -> None:
+    with pytest.raises(OnnxModelError, match=r"nope.onnx: no such file"):
+        migrate_onnx(tmp_path / "nope.onnx", tmp_path / "out.onnx")
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(OnnxModelError, match=r"dir.onnx: is a folder, not an ONNX file"):
+        inspect_onnx(tmp_path / "dir.onnx")
+    _only(tmp_path, "dir.onnx")

@@ -113,6 +113,11 @@ def _external_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
     return tuple(files)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> LoadedModel:
     """Read ``path`` and (unless ``load_data`` is false) its external data, after ``onnx.checker``.
 
@@ -123,12 +128,16 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
     from google.protobuf.message import DecodeError
 
     path = Path(path)
+    if path.is_dir():
+        raise OnnxModelError(f"{path}: is a folder, not an ONNX file")
     if not path.is_file():
         raise OnnxModelError(f"{path}: no such file")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
+    except OSError as e:
+        raise OnnxModelError(f"{path}: cannot be read ({e.strerror or e})") from None
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise OnnxModelError(f"{path}: not a readable ONNX model, truncated or corrupt ({e})") from None
+        raise OnnxModelError(f"{path}: not a readable ONNX model, truncated or corrupt ({_first_line(e)})") from None
     if not model.HasField("graph"):
         raise OnnxModelError(f"{path}: not an ONNX model (no graph); the file is truncated or of another format")
     opset = default_opset(model)
@@ -144,15 +153,14 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
     try:
         onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxModelError(f"{path}: the model fails onnx.checker ({first}); fix or re-export it") from None
+        raise OnnxModelError(f"{path}: the model fails onnx.checker ({_first_line(e)}); fix or re-export it") from None
     if files and load_data:
         from onnx.external_data_helper import load_external_data_for_model
 
         try:
             load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as e:
-            raise OnnxModelError(f"{path}: cannot read its external data ({e})") from None
+            raise OnnxModelError(f"{path}: cannot read its external data ({_first_line(e)})") from None
     return LoadedModel(path=path, model=model, external_files=files, opset=opset)
 
 
