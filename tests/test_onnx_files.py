@@ -142,9 +142,15 @@ def _broken_lower(*args, **kwargs):  # type: ignore[no-untyped-def]
 original_lower = lower_module.lower
 
 
-@pytest.mark.parametrize("verify", [True, False], ids=["node-check", "end-to-end-check"])
-def test_failed_verification_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool) -> None:
+@pytest.mark.parametrize(
+    ("verify", "sampled"), [(True, False), (True, True), (False, False)], ids=["node", "sampled-node", "end-to-end"]
+)
+def test_failed_verification_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool, sampled: bool
+) -> None:
     monkeypatch.setattr("deconv2shuffle.onnx_graph.convert.lower", _broken_lower)
+    if sampled:  # large layers are checked on a sample of output channels
+        monkeypatch.setattr("deconv2shuffle.onnx_graph.verify._FULL_CHECK_MACS", 0)
     src = _src(tmp_path)
     match = "differs from the ConvTranspose" if verify else "differs from the original"
     with pytest.raises(VerificationError, match=match) as info:

@@ -215,3 +215,15 @@ def test_a_node_that_fails_late_is_left_without_leftovers(tmp_path: Path) -> Non
     out = onnx.load(str(dst))
     assert [t.name for t in out.graph.initializer] == ["w", "b"]
     assert [n.op_type for n in out.graph.node] == ["Relu", "ConvTranspose", "Sigmoid"]
+
+
+@pytest.mark.parametrize("group", [1, 2, 6])
+def test_large_layers_are_checked_on_sampled_channels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int
+) -> None:
+    monkeypatch.setattr("deconv2shuffle.onnx_graph.verify._FULL_CHECK_MACS", 0)
+    attrs = {"strides": [2, 2], "pads": [1, 0, 2, 1], "group": group}
+    model = convtranspose_model(kernel=4, c_in=6, c_out=12 if group != 6 else 6, attrs=attrs)
+    _, _, report = _migrate(tmp_path, model)
+    [node] = report.nodes
+    assert node.status == "converted" and node.max_rel_error is not None and node.max_rel_error < 1e-12

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -123,7 +124,7 @@ def _sampled(
         xg = x[:, g * c_in_g : (g + 1) * c_in_g]
         wg = w[g * c_in_g : (g + 1) * c_in_g][:, local]
         bg = None if b is None else b[g * c_out_g + local]
-        sub = ConvTransposeAttrs(**{**attrs.__dict__, "group": 1})
+        sub = dataclasses.replace(attrs, group=1)
         ref = _reference(xg, wg, bg, sub, pads)
         got = _rewritten(xg, nw[rows], None if nb is None else nb[rows], low, 1)
         pairs.append((ref, got))
