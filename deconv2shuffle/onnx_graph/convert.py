@@ -253,9 +253,10 @@ def _float64(
     axis: int | None = None,
     relaid: tuple[torch.Tensor, ...] | None = None,
 ) -> torch.Tensor:
-    """Values as the graph sees them, in float64 (dequantized with the given or the original parameters)."""
+    """Values as the graph sees them: float weights as they are (the check converts what it samples),
+    quantized ones dequantized in float64 with the given or the original parameters."""
     if operand is None or operand.quant is None:
-        return values.to(torch.float64)
+        return values
     quant = operand.quant
     if relaid is not None:
         return dequantize(values, dataclasses.replace(quant, axis=axis), relaid[0], relaid[1])

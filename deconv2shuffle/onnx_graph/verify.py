@@ -72,6 +72,10 @@ def check_lengths(attrs: ConvTransposeAttrs, begin: Sequence[int], end: Sequence
     return tuple(lengths)
 
 
+def _f64(t: Any) -> Any:
+    return None if t is None else t.to(torch.float64)
+
+
 def check_node(
     attrs: ConvTransposeAttrs,
     pads: tuple[Sequence[int], Sequence[int]],
@@ -81,7 +85,11 @@ def check_node(
     lengths: Sequence[int],
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Max absolute and relative difference between the node and its rewrite, in float64."""
+    """Max absolute and relative difference between the node and its rewrite, in float64.
+
+    Weights may come in any float type; only what is used (all, or the sampled channels of a
+    large layer) is converted to float64.
+    """
     w, b = old
     nw, nb = new
     gen = torch.Generator().manual_seed(seed)
@@ -90,7 +98,7 @@ def check_node(
     x = torch.randn(1, c_in, *lengths, generator=gen, dtype=torch.float64)
     cost = w.numel() * math.prod(lengths)
     if cost <= _FULL_CHECK_MACS:
-        pairs = [(_reference(x, w, b, attrs, pads), _rewritten(x, nw, nb, low, G))]
+        pairs = [(_reference(x, _f64(w), _f64(b), attrs, pads), _rewritten(x, _f64(nw), _f64(nb), low, G))]
     else:
         pairs = _sampled(x, attrs, pads, low, (w, b), (nw, nb), c_out_g, gen)
     max_abs = max(float((a - r).abs().max()) if a.numel() else 0.0 for r, a in pairs)
@@ -122,11 +130,11 @@ def _sampled(
         local = torch.randperm(c_out_g, generator=gen)[:count].sort().values
         rows = ((g * c_out_g + local)[:, None] * R + torch.arange(R)[None, :]).reshape(-1)
         xg = x[:, g * c_in_g : (g + 1) * c_in_g]
-        wg = w[g * c_in_g : (g + 1) * c_in_g][:, local]
-        bg = None if b is None else b[g * c_out_g + local]
+        wg = _f64(w[g * c_in_g : (g + 1) * c_in_g][:, local])
+        bg = None if b is None else _f64(b[g * c_out_g + local])
         sub = dataclasses.replace(attrs, group=1)
         ref = _reference(xg, wg, bg, sub, pads)
-        got = _rewritten(xg, nw[rows], None if nb is None else nb[rows], low, 1)
+        got = _rewritten(xg, _f64(nw[rows]), None if nb is None else _f64(nb[rows]), low, 1)
         pairs.append((ref, got))
     return pairs
 
