@@ -1,260 +1,182 @@
-"""Modules: an N-d pixel shuffle and the drop-in sub-pixel replacement for ConvTranspose.
+"""Modules and whole-model conversion: ``convert_model`` and the sub-pixel layers it puts in.
 
-``SubPixelConvTranspose{1,2,3}d`` holds one ``conv`` (so its state_dict keys are
-``<name>.conv.weight`` / ``<name>.conv.bias``), then shuffles and crops to the exact output of
-the ConvTranspose it replaces.
+``convert_model`` replaces every ConvTranspose under every name it is reachable by (a module
+registered twice stays one module), keeps a subclass's own ``forward`` around the converted
+computation, and folds weight norm (``nn.utils.remove_weight_norm`` on a converted layer then
+does nothing: the weight is already plain). The layers themselves live in ``subpixel.py``,
+the tensor steps in ``shuffle.py``; both are importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
-from .errors import ConversionError, GeometryError
-from .geometry import SubPixelPlan, TargetGeometry, TransposedConv, fit, smallest
-from .rewrite import WEIGHT_NORM_LAYOUTS, Rewritten, transposed_to_subpixel
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def pixel_shuffle(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
-    """``(N, C*prod(r), *L) -> (N, C, *(L*r))``, channel ``c*R + phase``, phase row-major over axes."""
-    rank = len(factors)
-    if rank == 2 and factors[0] == factors[1]:
-        return F.pixel_shuffle(x, factors[0])
-    n, c_r, *spatial = x.shape
-    if len(spatial) != rank:
-        raise ValueError(f"pixel_shuffle with {rank} factors needs {rank} spatial axes, got shape {tuple(x.shape)}")
-    R = 1
-    for r in factors:
-        R *= r
-    if c_r % R:
-        raise ValueError(f"{c_r} channels are not divisible by prod{tuple(factors)} = {R}")
-    x = x.reshape(n, c_r // R, *factors, *spatial)
-    # (N, C, r1..rn, L1..Ln) -> (N, C, L1, r1, ..., Ln, rn)
-    order = [0, 1] + [i for a in range(rank) for i in (2 + rank + a, 2 + a)]
-    x = x.permute(order)
-    return x.reshape(n, c_r // R, *(length * r for length, r in zip(spatial, factors, strict=True)))
+from .errors import ConversionError
+from .geometry import Mode, SubPixelPlan, TargetGeometry, fit, smallest
+from .rewrite import WEIGHT_NORM_LAYOUTS as WEIGHT_NORM_LAYOUTS
+from .shuffle import PixelShuffle as PixelShuffle
+from .shuffle import pixel_shuffle as pixel_shuffle
+from .subpixel import _CONV as _CONV
+from .subpixel import _TRANSPOSED as _TRANSPOSED
+from .subpixel import SUBPIXEL_CLASSES as SUBPIXEL_CLASSES
+from .subpixel import SubPixelConvTranspose1d as SubPixelConvTranspose1d
+from .subpixel import SubPixelConvTranspose2d as SubPixelConvTranspose2d
+from .subpixel import SubPixelConvTranspose3d as SubPixelConvTranspose3d
+from .subpixel import _SubPixelConvTranspose as _SubPixelConvTranspose
+from .subpixel import effective_weight as effective_weight
+from .subpixel import subpixel_forward as subpixel_forward
+from .subpixel import transposed_spec as transposed_spec
 
 
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+class FoldedWeightNorm(WeightNorm):
+    """Stands where a converted layer's weight-norm hook was: the weight is folded, so there is
+    nothing to recompute before forward and nothing to remove. It lets
+    ``nn.utils.remove_weight_norm(layer)`` (HiFi-GAN style inference code) succeed as a no-op."""
+
+    def __init__(self) -> None:
+        super().__init__("weight", 0)
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        return None
+
+    def remove(self, module: nn.Module) -> None:
+        return None
 
 
-def subpixel_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    plan: SubPixelPlan,
-    output_size: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Conv (plan's kernel and padding) + pixel shuffle + crop: the ConvTranspose of ``plan``.
+def _keep_remove_weight_norm(module: nn.Module, new: nn.Module) -> None:
+    if any(isinstance(h, WeightNorm) for h in module._forward_pre_hooks.values()):
+        new.register_forward_pre_hook(FoldedWeightNorm())
 
-    ``output_size`` works as in ``ConvTranspose*d.forward``: it picks a longer output (another
-    output_padding). Tap placement does not depend on output_padding, so any length the conv
-    yields cells for is exact; a longer one raises.
+
+class _KeptForward:
+    """Mixin of the classes that keep a ConvTranspose subclass's code around the sub-pixel layer.
+
+    The class of a converted ``Dec(nn.ConvTranspose1d)`` is ``SubPixel<Dec>(Dec, KeptForward1d)``:
+    ``Dec.forward``'s ``super().forward(x)`` reaches the sub-pixel forward, every other method and
+    attribute of ``Dec`` stays, and ``isinstance(layer, Dec)`` still holds.
     """
-    target = plan.target
-    spatial = x.shape[2:]
-    if target.symmetric:
-        z = _CONV_FN[plan.rank](x, weight, bias, padding=target.pad_before, groups=plan.source.groups)
-    else:
-        pads: list[int] = []
-        for before, after in zip(reversed(target.pad_before), reversed(target.pad_after), strict=True):
-            pads += [before, after]
-        z = _CONV_FN[plan.rank](F.pad(x, pads), weight, bias, groups=plan.source.groups)
-    y = pixel_shuffle(z, plan.factors)
-    lengths = plan.output_length(spatial)
-    if output_size is not None:
-        wanted = [int(n) for n in output_size][-plan.rank :]
-        for axis, (n, length) in enumerate(zip(wanted, lengths, strict=True)):
-            shortest = length - plan.source.output_padding[axis]  # torch's range: shortest .. + max(r, d) - 1
-            longest = min(
-                shortest + max(plan.source.stride[axis], plan.source.dilation[axis]) - 1,
-                y.shape[2 + axis] - plan.crop_start[axis],
+
+    _user_class: type[nn.Module]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("weight", "bias", "weight_g", "weight_v"):
+            raise AttributeError(
+                f"{type(self).__name__} replaces {self._user_class.__name__} with conv + pixel shuffle and has no "
+                f"{name!r}: its code must reach the layer through super().forward(...) (the converted weight is "
+                "conv.weight)"
             )
-            if not shortest <= n <= longest:
-                raise ValueError(
-                    f"output_size {tuple(wanted)}: axis {axis} length {n} is outside {shortest}..{longest}, "
-                    "the lengths this converted layer can give exactly"
-                )
-        lengths = tuple(wanted)
-    starts = plan.crop_start
-    return y[(slice(None), slice(None), *(slice(c, c + n) for c, n in zip(starts, lengths, strict=True)))]
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # pickle / deepcopy: rebuild the generated class from the user's (importable) class
+        return (_new_kept_forward, (self._user_class,), self.__dict__)
 
 
-class PixelShuffle(nn.Module):
-    """Pixel shuffle for 1, 2 or 3 spatial axes with one upscale factor per axis.
-
-    For 2D with equal factors this calls ``nn.functional.pixel_shuffle`` (same result as
-    ``nn.PixelShuffle``); otherwise it is a reshape + permute in the same channel order.
-    """
-
-    def __init__(self, factors: int | Sequence[int], rank: int | None = None) -> None:
-        super().__init__()
-        if isinstance(factors, int):
-            factors = (factors,) * (rank or 2)
-        self.factors = tuple(int(f) for f in factors)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixel_shuffle(x, self.factors)
-
-    def extra_repr(self) -> str:
-        return f"factors={self.factors}"
+class KeptForward1d(_KeptForward, SubPixelConvTranspose1d, nn.ConvTranspose1d):  # type: ignore[misc]
+    pass
 
 
-class _SubPixelConvTranspose(nn.Module):
-    rank = 0
+class KeptForward2d(_KeptForward, SubPixelConvTranspose2d, nn.ConvTranspose2d):  # type: ignore[misc]
+    pass
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int],
-        padding: int | Sequence[int] = 0,
-        output_padding: int | Sequence[int] = 0,
-        groups: int = 1,
-        bias: bool = True,
-        dilation: int | Sequence[int] = 1,
-        target: TargetGeometry | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        source = TransposedConv.make(kernel_size, stride, padding, output_padding, dilation, groups, rank=self.rank)
-        plan = smallest(source) if target is None else fit(source, target)
-        if plan.short_axes:
-            raise GeometryError("; ".join(plan.reasons))
-        self.plan = plan
-        self.in_channels, self.out_channels = in_channels, out_channels
-        conv_padding: tuple[int, ...] | int = plan.target.pad_before if plan.target.symmetric else 0
-        self.conv = _CONV[self.rank](
-            in_channels,
-            out_channels * plan.phases,
-            plan.target.kernel_size,  # type: ignore[arg-type]
-            padding=conv_padding,  # type: ignore[arg-type]
-            groups=groups,
-            bias=bias,
-            device=device,
-            dtype=dtype,
-        )
-        self.shuffle = PixelShuffle(plan.factors)
 
-    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
-        return subpixel_forward(x, self.conv.weight, self.conv.bias, self.plan, output_size)
+class KeptForward3d(_KeptForward, SubPixelConvTranspose3d, nn.ConvTranspose3d):  # type: ignore[misc]
+    pass
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, replaces {self.plan.source.describe()}, "
-            f"conv {self.plan.target.describe()}, crop={self.plan.crop}"
-        )
 
-    @classmethod
-    def from_transposed(
-        cls,
-        module: nn.Module,
-        target: TargetGeometry | None = None,
-        *,
-        approx: bool = False,
-    ) -> _SubPixelConvTranspose:
-        """Build the exact equivalent of an existing ConvTranspose module (weights converted).
+_KEPT_BASES: dict[int, type[nn.Module]] = {1: KeptForward1d, 2: KeptForward2d, 3: KeptForward3d}
+_KEPT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
-        Weight-normed modules (either layout) are folded first. ``target`` picks a geometry other
-        than the smallest exact one; an inexact one needs ``approx=True``.
-        """
-        spec = transposed_spec(module)
-        if spec.rank != cls.rank:
+
+def _kept_forward_class(user: type[nn.Module]) -> type[nn.Module]:
+    if user not in _KEPT_CLASSES:
+        rank = next(r for r, base in enumerate(_TRANSPOSED, 1) if issubclass(user, base))
+        name = f"SubPixel{user.__name__}"
+        _KEPT_CLASSES[user] = type(name, (user, _KEPT_BASES[rank]), {"_user_class": user, "__qualname__": name})
+    return _KEPT_CLASSES[user]
+
+
+def _new_kept_forward(user: type[nn.Module]) -> nn.Module:
+    cls = _kept_forward_class(user)
+    return cls.__new__(cls)
+
+
+def _user_class(module: nn.Module) -> type[nn.Module]:
+    """The class the user wrote: torch's parametrize wraps it in a generated ``Parametrized...`` class."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def _keep_subclass(name: str, module: nn.Module, converted: _SubPixelConvTranspose) -> nn.Module:
+    """``module`` (an instance of a ConvTranspose subclass) grafted onto the converted layer."""
+    user = _user_class(module)
+    for method in ("_output_padding", "_conv_forward"):
+        if getattr(user, method, None) is not getattr(nn.ConvTranspose1d, method, None):
             raise ConversionError(
-                f"{type(module).__name__} has {spec.rank} spatial axes, {cls.__name__} has {cls.rank}"
+                f"layer {name!r}: {user.__module__}.{user.__qualname__} overrides {method}, which the converted "
+                "layer would not call; convert it by hand (SubPixelConvTranspose*d.from_transposed) and port that code"
             )
-        weight, bias = effective_weight(module)
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        plan = smallest(spec) if target is None else fit(spec, target)
-        new = cls(
-            module.in_channels,  # type: ignore[arg-type]
-            module.out_channels,  # type: ignore[arg-type]
-            spec.kernel_size,
-            spec.stride,
-            spec.padding,
-            spec.output_padding,
-            spec.groups,
-            bias is not None,
-            spec.dilation,
-            target=plan.target,
-            **factory,  # type: ignore[arg-type]
+    module_internals = set(vars(nn.Module()))
+    state = {k: v for k, v in vars(module).items() if k not in module_internals}
+    state.update({k: v for k, v in vars(converted).items() if k not in module_internals})
+    dropped = {"weight", "bias", "weight_g", "weight_v"}
+    clash = sorted((set(module._modules) | set(module._parameters) | set(module._buffers)) & {"conv", "shuffle"})
+    if clash:
+        raise ConversionError(
+            f"layer {name!r}: {user.__qualname__} has its own {clash[0]!r}, the name the converted layer needs; "
+            "rename it in the class"
         )
-        rewritten = transposed_to_subpixel(
-            weight.detach(), None if bias is None else bias.detach(), plan, approx=approx
+    new = _new_kept_forward(user)
+    nn.Module.__init__(new)
+    new.__dict__.update(state)
+    for key, value in vars(module).items():
+        if key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"):
+            continue
+        if key in module_internals and hasattr(value, "items"):
+            kept = {k: h for k, h in value.items() if not isinstance(h, WeightNorm)}
+            new.__dict__[key].update(kept)  # the user's hooks stay, weight norm is folded
+    new._parameters.update({k: v for k, v in module._parameters.items() if k not in dropped})
+    new._buffers.update(module._buffers)
+    new._non_persistent_buffers_set.update(module._non_persistent_buffers_set)
+    new._modules.update({k: v for k, v in module._modules.items() if k != "parametrizations"})
+    new._modules.update(converted._modules)
+    new.training = module.training
+    return new
+
+
+def _check_ready(name: str, module: nn.Module) -> None:
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ConversionError(
+            f"layer {name!r} is a {type(module).__name__} that has not run yet, so its weights do not exist; "
+            "run the model once on an example input, then convert it"
         )
-        new.load_rewritten(rewritten)
-        new.train(module.training)
-        return new
-
-    def load_rewritten(self, rewritten: Rewritten) -> None:
-        with torch.no_grad():
-            self.conv.weight.copy_(rewritten.weight)
-            if rewritten.bias is not None and self.conv.bias is not None:
-                self.conv.bias.copy_(rewritten.bias)
-        self.dropped_mass = rewritten.dropped_mass
 
 
-class SubPixelConvTranspose1d(_SubPixelConvTranspose):
-    """Drop-in exact replacement for ``nn.ConvTranspose1d``: Conv1d + shuffle + crop."""
-
-    rank = 1
-
-
-class SubPixelConvTranspose2d(_SubPixelConvTranspose):
-    """Drop-in exact replacement for ``nn.ConvTranspose2d``: Conv2d + PixelShuffle + crop."""
-
-    rank = 2
-
-
-class SubPixelConvTranspose3d(_SubPixelConvTranspose):
-    """Drop-in exact replacement for ``nn.ConvTranspose3d``: Conv3d + shuffle + crop."""
-
-    rank = 3
+def _convert_one(
+    name: str, module: nn.Module, target: TargetGeometry | None, approx: bool, geometry: Mode
+) -> nn.Module:
+    _check_ready(name, module)
+    spec = transposed_spec(module)
+    new = SUBPIXEL_CLASSES[spec.rank].from_transposed(module, target, approx=approx, geometry=geometry)
+    if _user_class(module) not in _TRANSPOSED:
+        out = _keep_subclass(name, module, new)
+    else:
+        out = new
+    _keep_remove_weight_norm(module, out)
+    return out
 
 
-SUBPIXEL_CLASSES: dict[int, type[_SubPixelConvTranspose]] = {
-    1: SubPixelConvTranspose1d,
-    2: SubPixelConvTranspose2d,
-    3: SubPixelConvTranspose3d,
-}
-
-
-def transposed_spec(module: nn.Module) -> TransposedConv:
-    """The geometry of a ConvTranspose module; other padding modes are refused."""
-    if not isinstance(module, _TRANSPOSED):
-        raise ConversionError(f"{type(module).__name__} is not a ConvTranspose1d/2d/3d")
-    if module.padding_mode != "zeros":
-        raise GeometryError(f"padding_mode={module.padding_mode!r} is not supported (only 'zeros' is)")
-    return TransposedConv.make(
-        module.kernel_size,
-        module.stride,
-        module.padding,  # type: ignore[arg-type]
-        module.output_padding,
-        module.dilation,
-        module.groups,
-        rank=len(module.kernel_size),
-    )
-
-
-def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weight the module's forward uses (weight norm applied), and its bias."""
-    weight = module.weight  # parametrized modules compute it; hook-based weight norm keeps it fresh
-    if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
-        from .rewrite import fold_weight_norm
-
-        weight = fold_weight_norm(module.weight_g, module.weight_v)  # type: ignore[arg-type]
-    bias = module.bias
-    return weight, bias  # type: ignore[return-value]
+def is_transposed(module: nn.Module) -> bool:
+    """A ConvTranspose that ``convert_model`` would convert (not one it already converted)."""
+    return isinstance(module, _TRANSPOSED) and not isinstance(module, _SubPixelConvTranspose)
 
 
 def clone_module(model: nn.Module) -> nn.Module:
@@ -277,41 +199,61 @@ def convert_model(
     inplace: bool = False,
     targets: dict[str, TargetGeometry] | None = None,
     approx: bool = False,
+    geometry: Mode = "minimal",
 ) -> nn.Module:
     """Return ``model`` with every ConvTranspose replaced by its exact sub-pixel equivalent.
 
-    The input model is deep-copied unless ``inplace``. ``targets`` maps module names to a target
-    geometry other than the smallest exact one.
+    The input model is deep-copied unless ``inplace``. ``geometry`` picks the form of every layer:
+    ``"minimal"`` (default: the fewest multiply-adds, cropping both ends), ``"tight"`` or
+    ``"symmetric"`` (``ConvNd(padding=P)`` + shuffle, cropping only the end). ``targets`` maps
+    module names to a given target geometry instead.
+
+    A module reachable under several names is converted once and stays shared. A subclass of
+    ``ConvTranspose*d`` keeps its class's code: its ``forward`` runs around the converted layer
+    (``super().forward`` is the sub-pixel computation). Weight norm is folded; the layer keeps a
+    no-op hook so ``nn.utils.remove_weight_norm(layer)`` still succeeds (parametrization-based
+    ``remove_parametrizations`` has nothing left to remove and raises, as on any plain layer); as
+    with torch's own weight norm, ``torch.jit.script`` needs that removal first.
     """
     if not inplace:
         model = clone_module(model)
+    if is_transposed(model):
+        raise ConversionError("the model itself is a ConvTranspose; use SubPixelConvTranspose*d.from_transposed")
     targets = targets or {}
-    names = [name for name, m in model.named_modules() if isinstance(m, _TRANSPOSED)]
-    for name in names:
-        module = model.get_submodule(name)
-        spec = transposed_spec(module)
-        new = SUBPIXEL_CLASSES[spec.rank].from_transposed(module, targets.get(name), approx=approx)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if not child:
-            raise ConversionError("the model itself is a ConvTranspose; use SubPixelConvTranspose*d.from_transposed")
-        setattr(parent, child, new)
+    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    originals: dict[int, nn.Module] = {}
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        for child, module in parent._modules.items():
+            if module is not None and is_transposed(module):
+                name = f"{parent_name}.{child}" if parent_name else child
+                places.setdefault(id(module), []).append((parent, child, name))
+                originals[id(module)] = module
+    for key, where in places.items():
+        names = [name for _, _, name in where]
+        wanted = {repr(targets[n]): targets[n] for n in names if n in targets}
+        if len(wanted) > 1:
+            raise ConversionError(f"layer {' = '.join(names)} is one module given different targets")
+        new = _convert_one(names[0], originals[key], next(iter(wanted.values()), None), approx, geometry)
+        for parent, child, _ in where:
+            parent._modules[child] = new
     return model
 
 
-def plan_for(module: nn.Module, target: TargetGeometry | None = None) -> SubPixelPlan:
+def plan_for(module: nn.Module, target: TargetGeometry | None = None, *, geometry: Mode = "minimal") -> SubPixelPlan:
     """The plan a module would be converted with."""
     spec = transposed_spec(module)
-    return smallest(spec) if target is None else fit(spec, target)
+    return smallest(spec, geometry) if target is None else fit(spec, target)
 
 
 __all__ = [
     "WEIGHT_NORM_LAYOUTS",
+    "FoldedWeightNorm",
     "PixelShuffle",
     "SubPixelConvTranspose1d",
     "SubPixelConvTranspose2d",
     "SubPixelConvTranspose3d",
     "convert_model",
+    "is_transposed",
     "pixel_shuffle",
     "plan_for",
     "transposed_spec",

@@ -5,6 +5,13 @@ seeds, one thread), so its weights are not just initialisation, then saved the w
 training stack would: a bare state_dict, safetensors, a Lightning-style ``.ckpt`` with optimizer
 state, or a HiFi-GAN-style ``{"generator": ...}`` dict. The spec beside each file
 (``NAME.toml``) is written by hand and kept in the repository.
+
+Everything runs in float64 (initialisation, data, training) and the weights are stored in
+float32, so every CPU writes the same bits. In float32 the result depends on the CPU: kernels for
+other instruction sets (AVX-512, AVX2, plain) round differently (``uniform_`` initialisation and
+``randn`` already differ in the last bit), and a few Adam steps through BatchNorm/InstanceNorm
+grow those 1e-8 differences to 1e-2 in the weights. Float64 noise stays far below float32's last
+bit. ``ATEN_CPU_CAPABILITY=default`` and ``ONEDNN_MAX_CPU_ISA=SSE41`` emulate another CPU here.
 """
 
 from __future__ import annotations
@@ -45,11 +52,24 @@ def train(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
+    model.float().eval()  # parameters keep their identity, so the optimizer state still refers to them
+    for state in opt.state.values():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+                state[name] = value.float()
     return opt
 
 
 def build(out: Path = HERE) -> list[Path]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return _build(out)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build(out: Path) -> list[Path]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -231,7 +231,7 @@ def test_lightning_container_is_kept_and_optimizer_remapped(tmp_path, cli, old_m
     # the moments resume in the converted model
     from deconv2shuffle import convert_model
 
-    conv = convert_model(model)
+    conv = convert_model(model, geometry="symmetric")
     opt2 = torch.optim.Adam(conv.parameters(), lr=1e-3)
     opt2.load_state_dict(new["optimizer_states"][0])
     conv.load_state_dict({k[len("model.") :]: v for k, v in new["state_dict"].items()})

@@ -265,7 +265,7 @@ def test_weight_norm_hifigan_layer(tmp_path, cli):
     assert set(new) == {"0.conv.weight", "0.conv.bias", "1.conv.weight", "1.conv.bias"}
     from deconv2shuffle import convert_model
 
-    conv = convert_model(ups)
+    conv = convert_model(ups, geometry="symmetric")
     conv.load_state_dict(new)
     x = torch.randn(1, 16, 12)
     with torch.no_grad():

@@ -58,7 +58,7 @@ def converted(tmp_path_factory):
     from deconv2shuffle.cli import app
 
     out = tmp_path_factory.mktemp("converted")
-    result = CliRunner().invoke(app, ["batch", str(SAMPLES), str(out), "--recursive", "--json"])
+    result = CliRunner().invoke(app, ["batch", str(SAMPLES), str(out), "--json"])  # real/ is tested on its own
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 
@@ -129,15 +129,17 @@ def test_converted_samples_run_in_onnx_runtime(converted, name, tmp_path):
 
 
 def test_generate_script_reproduces_the_samples(tmp_path):
-    """The committed samples are what generate.py writes. Bit for bit on the machine that wrote them; another CPU
-    may round the few training steps differently, so the comparison allows float32 rounding noise."""
+    """The committed samples are what generate.py writes, on any CPU: it trains in float64 and stores float32, so
+    the instruction set's rounding (which a few Adam steps through InstanceNorm grow to 1e-2 in float32) stays
+    below float32's last bit. The tolerance admits one last-bit flip, nothing a change to the script would make."""
     out = subprocess.run([sys.executable, str(SAMPLES / "generate.py"), str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for name in NAMES:
         fresh, kept = _state(tmp_path / _checkpoint(name).name), _state(_checkpoint(name))
         assert fresh.keys() == kept.keys()
         for key in kept:
-            torch.testing.assert_close(fresh[key], kept[key], rtol=1e-3, atol=1e-5, msg=f"{name}: {key}")
+            assert fresh[key].dtype == kept[key].dtype == torch.float32 or key.endswith("num_batches_tracked"), key
+            torch.testing.assert_close(fresh[key], kept[key], rtol=2.5e-7, atol=1e-9, msg=f"{name}: {key}")
 
 
 def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "_extra_state")
-OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim")
+OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optim", "opt")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

@@ -155,7 +155,11 @@ def end_to_end(
         return None
     old_model = clone_module(source_model).double().eval()
     _load_strict(old_model, old_state, prefix, SpecError, "the old checkpoint does not load into the source model")
-    new_model = clone_module(target_model).double().eval() if target_model is not None else convert_model(old_model)
+    new_model = (
+        clone_module(target_model).double().eval()
+        if target_model is not None
+        else convert_model(old_model, geometry="symmetric")
+    )
     _load_strict(
         new_model, new_state, prefix, VerificationError, "the new checkpoint does not load into the target model"
     )

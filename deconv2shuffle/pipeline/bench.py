@@ -125,7 +125,7 @@ def bench_module(
     module = module.to(device).eval()
     dtype = next(module.parameters()).dtype
     sub_cls = SUBPIXEL_CLASSES[len(module.kernel_size)]  # type: ignore[arg-type]
-    sym = sub_cls.from_transposed(module).eval()
+    sym = sub_cls.from_transposed(module, geometry="symmetric").eval()
     tight_plan = smallest(sym.plan.source, "tight")
     tight = sub_cls.from_transposed(module, tight_plan.target).eval() if tight_plan.target != sym.plan.target else None
     x = torch.randn(*input_shape, device=device, dtype=dtype)
