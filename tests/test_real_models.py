@@ -436,10 +436,9 @@ REAL_SAMPLE_FILES = {
 
 
 def _sample_factory(weights: Path):
-    from deconv2shuffle.batch import sidecar
-    from deconv2shuffle.spec import load_spec
+    from deconv2shuffle import load_spec
 
-    models = load_spec(sidecar(weights)).models
+    models = load_spec(weights.with_name(weights.name.split(".")[0] + ".toml")).models
     module, _, name = models["source"].partition(":")
     cls = need(module, name)
     return lambda: cls(**models.get("source_args", {}))
