@@ -27,7 +27,7 @@ def _models():
 
 
 def _checkpoint(name: str) -> Path:
-    (path,) = [p for p in SAMPLES.iterdir() if p.name.split(".")[0] == name and p.suffix != ".toml"]
+    (path,) = [p for p in SAMPLES.iterdir() if p.name.split(".")[0] == name and p.suffix not in (".toml", ".onnx")]
     return path
 
 
