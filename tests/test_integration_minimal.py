@@ -86,7 +86,7 @@ def _save_forum(tmp_path, targets_py):
 
 @pytest.mark.parametrize(
     ("kernel", "padding", "crop_start", "slice_"),
-    [(2, 1, 1, "y[..., 1:-1, 1:-1]"), (3, 1, 0, "")],  # the hand-written minimal form, and the usual one
+    [(2, 1, 1, "y[..., 1:-1, 1:-1]"), (3, 1, 0, "")],  # the minimal form written by hand, and the usual one
 )
 def test_a_given_conv_gets_the_crop_its_forward_applies(kernel, padding, crop_start, slice_):
     plan = fit_conv(TransposedConv.make(4, 2, 1, rank=2), (kernel,) * 2, (padding,) * 2, (padding,) * 2)
