@@ -111,3 +111,17 @@ def test_as_dict_is_plain_data():
 def test_every_kernel_gets_a_guess_whose_kernel_matches(k, rank):
     guesses = guess_geometry(k, rank=rank)
     assert guesses and all(g.kernel_size == (k,) * rank for g in guesses)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "output_padding"),
+    [(2, 2, 0, 0), (4, 2, 1, 0), (6, 2, 2, 0), (8, 4, 2, 0), (10, 5, 3, 0), (3, 2, 1, 1), (9, 2, 4, 1)],
+)
+def test_draft_from_a_checkpoint_takes_the_first_guess(kernel, stride, padding, output_padding):
+    from deconv2shuffle.core.draft import draft_from_state
+
+    layer = torch.nn.ConvTranspose2d(6, 3, kernel, stride, padding, output_padding)
+    spec, comments = draft_from_state({f"up.{k}": v for k, v in layer.state_dict().items()})
+    (got,) = spec.layers
+    assert (got.stride, got.padding, got.output_padding) == ((stride,) * 2, (padding,) * 2, (output_padding,) * 2)
+    assert any("GUESS" in line for line in comments)

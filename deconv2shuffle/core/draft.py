@@ -79,11 +79,20 @@ def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "check
     ]
     layers = []
     for g in guesses:
-        if "assumed" not in g:
+        if not g.get("assumed"):
             comments.append(f"not listed: {g['module']} (kernel {g['weight_shape'][2:]}): its stride cannot be guessed")
             continue
-        layers.append(LayerSpec(source=g["module"], stride=tuple(g["stride"]), padding=tuple(g["padding"])))
-        comments.append(f"{g['module']}: {g['reason']}; assumed {g['geometry']}")
+        layers.append(
+            LayerSpec(
+                source=g["module"],
+                stride=tuple(g["stride"]),
+                padding=tuple(g["padding"]),
+                output_padding=tuple(g["output_padding"]),
+            )
+        )
+        comments.append(f"{g['module']}: {g['reason']}; assumed {g['assumed']}")
+        if g.get("alternatives"):
+            comments.append(f"  other geometries with this kernel: {', '.join(g['alternatives'])}")
     if not layers:
         raise SpecError(
             f"{checkpoint}: no layer looks like a ConvTranspose with a guessable geometry; write the spec by hand"

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import Deconv2ShuffleError
 from ..geometry import Mode
+from ..guess import guess_from_weight
 from ..rewrite import WEIGHT_NORM_LAYOUTS, layer_weights
 from .keys import find_prefix
 from .planning import forward_crop, plan_layer, target_weight_shape
@@ -50,9 +51,11 @@ ENTRY_KEYS = (
     "origin",
     "reason",
     "assumed",
+    "alternatives",
     "error",
     "stride",
     "padding",
+    "output_padding",
     "geometry",
     "weight_shape",
     "weight_norm",
@@ -87,6 +90,7 @@ def _planned(layer: LayerSpec, weight: torch.Tensor, geometry: Mode) -> dict[str
     return {
         "stride": list(plan.source.stride),
         "padding": list(plan.source.padding),
+        "output_padding": list(plan.source.output_padding),
         "geometry": plan.source.describe(),
         "exact": plan.exact,
         "target": layer.target_module,
@@ -151,15 +155,16 @@ def guess_layers(state: Mapping[str, torch.Tensor], geometry: Mode = "minimal") 
             "weight_shape": list(weight.shape),
             "weight_norm": found.folded,
         }
-        k = tuple(weight.shape[2:])
-        if all(n % 2 == 0 for n in k):
-            stride = tuple(max(n // 2, 1) for n in k)
-            padding = tuple((n - s) // 2 for n, s in zip(k, stride, strict=True))
+        guesses = guess_from_weight(weight)
+        if guesses:
+            best = guesses[0]
+            spec = LayerSpec(module, best.stride, padding=best.padding, output_padding=best.output_padding)
             try:
-                known.update(_planned(LayerSpec(module, stride, padding=padding), weight, geometry))
+                known.update(_planned(spec, weight, geometry))
                 known["assumed"] = (
-                    f"stride {stride[0]}, padding {padding[0]} (the common k=2s choice; confirm with a spec)"
+                    f"{best.describe()} ({'; '.join(best.reasons[:1]) or 'most common'}; confirm with a spec)"
                 )
+                known["alternatives"] = [g.describe() for g in guesses[1:]]
             except Deconv2ShuffleError as e:
                 known["error"] = str(e)
         out.append(_entry(module, "guess", **known))
