@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import Deconv2ShuffleError
+from ..errors import Deconv2ShuffleError, UsageError
 from ._errors import handle_errors
 from ._options import (
     AllowGlobalOpt,
@@ -29,6 +29,7 @@ from ._options import (
 )
 
 NAME = "migrate"
+OUTPUT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".safetensors.index.json")
 
 
 @handle_errors
@@ -78,6 +79,8 @@ def command(
 
     if new is None and not dry_run:
         raise typer.BadParameter("give NEW, or --dry-run to only check", param_hint="NEW")
+    if new is not None and not dry_run:
+        _check_new(old, new)
     renames = parse_rename(rename)
     shape = parse_ints(input_shape, "--input-shape", positive=True) or None
     _render.set_width_for_pipes()
@@ -128,3 +131,18 @@ def _draft_on_ambiguity(
             path = write_draft(e, models, folder / f"{stem}.pairing.toml")
             e.args = (f"{e}; wrote a spec to edit: {path} (check each target, then pass --spec {path})",)
         raise
+
+
+def _check_new(old: Path, new: Path) -> None:
+    """NEW names a file whose extension says its format; a folder or another extension is refused (exit 2)."""
+    if new.is_dir():
+        raise UsageError(
+            f"{new}: is a folder, and NEW is the file to write (--force replaces files, never folders); "
+            f"give a file name, e.g. {new / old.name}"
+        )
+    if not new.name.lower().endswith(OUTPUT_SUFFIXES):
+        what = f"the extension {new.suffix!r}" if new.suffix else "a name without an extension"
+        raise UsageError(
+            f"{new}: the output format follows NEW's extension and cannot be told from {what}; name it "
+            ".pth/.pt/.ckpt/.bin (torch), .safetensors, or .safetensors.index.json (sharded safetensors)"
+        )
