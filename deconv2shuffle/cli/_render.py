@@ -119,6 +119,12 @@ def render_migration(report: MigrationReport) -> None:
             )
     for n in report.notes:
         say(f"note: {to_flags(n)}")
+    loads_into = getattr(report, "loads_into", None)
+    if loads_into:
+        advice = (
+            "; to fit your own Conv + PixelShuffle class, give --target-model" if "convert_model" in loads_into else ""
+        )
+        say(f"loads into {loads_into}{advice}")
     if report.written:
         say(f"wrote {', '.join(report.written)}")
     elif report.output_file is None:

@@ -59,6 +59,26 @@ class Sources:
     source_model: nn.Module | None = None
     target_model: nn.Module | None = None
     _target: Target | None = field(default=None, repr=False, compare=False)
+    source_ref: str | None = None  # the references the models were loaded from, for messages
+    target_ref: str | None = None
+
+    def loads_into(self, pairs: Sequence[tuple[str, str]]) -> str:
+        """Which model the converted keys fit, in words: the target model, or ``convert_model(...)``.
+
+        Args:
+            pairs: each converted layer's ``(source, target)`` module paths.
+
+        Returns:
+            ``"your target model <ref>"`` when a target model is known (the keys were checked
+            against it); ``"convert_model(<Source>())"`` when every layer became ``<source>.conv``,
+            the layout of :func:`convert_model`; else the spec's target paths.
+        """
+        if self.target_model is not None:
+            return f"your target model {self.target_ref or type(self.target_model).__name__}"
+        if all(target == f"{source}.conv" for source, target in pairs):
+            name = f"{type(self.source_model).__name__}()" if self.source_model is not None else "<your source model>"
+            return f"convert_model({name})"
+        return "a model with the spec's target convs at " + ", ".join(target for _, target in pairs)
 
     def target(self) -> Target | None:
         """The target model's shapes and convs, traced once; ``None`` without a target model."""
@@ -326,4 +346,6 @@ def load_sources(
         spec=loaded,
         source_model=load_model(source_model, source_args, what="source_model") if source_model else None,
         target_model=load_model(target_model, target_args, what="target_model") if target_model else None,
+        source_ref=source_model,
+        target_ref=target_model,
     )
