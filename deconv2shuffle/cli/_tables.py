@@ -1,9 +1,10 @@
 """Tables for the terminal, built from results (plain data); the console module prints them.
 
 A table is a :class:`Grid` of plain strings. :func:`layout` fits it to the terminal's width:
-identifier columns (keys, modules, files) keep every word whole, the others wrap at spaces and
-fold only as a last resort; when even that does not fit, each row becomes a block of
-``header: value`` lines. Nothing is ever dropped or cut with an ellipsis.
+identifier columns (keys, modules, files) are never narrower than their longest name, the
+others wrap at spaces, and free text folds only as a last resort; when that would not fit, or
+only with rows many lines tall, each row becomes a block: its first cell on a line of its own,
+then ``header: value`` items. Nothing is ever dropped or cut with an ellipsis.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Grid:
     title: str | None
     columns: list[Col]
     rows: list[list[str]] = field(default_factory=list)
+    grouped: bool = False  # an empty first cell means "the same as the row above"
 
     def add(self, *cells: str) -> None:
         """Append a row (escaped: cells come from files and are never markup or control codes)."""
@@ -117,13 +119,8 @@ def _widths(grid: Grid, width: int) -> list[int] | None:
         return None
     widths = list(minimum)
     spare = available - sum(widths)
-    for i, c in enumerate(grid.columns):  # identifiers first: a key on one line where it can be
-        if c.whole:
-            grow = min(spare, natural[i] - widths[i])
-            widths[i] += grow
-            spare -= grow
     step = max(1, spare // 32)
-    while spare > 0:  # then widen whichever column makes the tallest row
+    while spare > 0:  # widen whichever column makes the tallest row
         heights = [max(_lines(t, widths[i]) for t in col) for i, col in enumerate(cells)]
         growable = [i for i in range(len(widths)) if widths[i] < natural[i]]
         if not growable:
@@ -136,6 +133,29 @@ def _widths(grid: Grid, width: int) -> list[int] | None:
     return widths if tallest <= _MAX_ROW_LINES else None
 
 
+def _blocks(grid: Grid, width: int) -> list[str]:
+    """Each row as its first cell on a line (empty: same as above), then its other cells as
+    ``header: value`` items, packed into lines of ``width`` where they fit."""
+    lines: list[str] = []
+    for row in grid.rows:
+        if row[0] or not grid.grouped:
+            lines.append(row[0] or "-")
+        line = ""
+        for c, v in zip(grid.columns[1:], row[1:], strict=True):
+            if not v:
+                continue
+            item = f"{c.header}: {v}"
+            if line and cell_len(line) + 2 + cell_len(item) <= width:
+                line += ", " + item
+                continue
+            if line:
+                lines.append(line)
+            line = "  " + item
+        if line:
+            lines.append(line)
+    return lines
+
+
 def layout(grid: Grid, width: int) -> Table | list[str]:
     """``grid`` fitted to ``width`` columns: a table, or (too narrow for a readable table) lines of text.
 
@@ -145,16 +165,12 @@ def layout(grid: Grid, width: int) -> Table | list[str]:
 
     Returns:
         A rich ``Table`` whose column widths fit, or, when it would not fit without rows taller
-        than a few lines, one block per row: the first cell, then ``header: value`` for each
-        other non-empty cell.
+        than a few lines, one block per row: the first cell on its own line, then the other
+        cells as ``header: value`` items.
     """
     widths = _widths(grid, width)
     if widths is None:
-        lines: list[str] = []
-        for row in grid.rows:
-            lines.append(row[0] or "-")
-            lines += [f"  {c.header}: {v}" for c, v in zip(grid.columns[1:], row[1:], strict=True) if v]
-        return lines
+        return _blocks(grid, width)
     table = Table()
     for c, w in zip(grid.columns, widths, strict=True):
         table.add_column(c.header, justify=c.justify, width=w, overflow="fold")
@@ -211,6 +227,7 @@ def tensors_table(data: dict[str, Any]) -> Grid:
             Col("elements", "right"),
             Col("bytes", "right"),
         ],
+        grouped=True,
     )
     for group in data["modules"]:
         for i, row in enumerate(group["tensors"]):
