@@ -156,7 +156,10 @@ def test_untraceable_models_pair_in_registration_order():
 @pytest.mark.parametrize(
     ("layer", "match"),
     [
-        ('source = "up"\nstride = 4\npadding = 1', r"spec\.toml:2: layers\[0\] 'up': the spec says stride 4 .* 2"),
+        (
+            'source = "up"\nstride = 4\npadding = 1',
+            r"spec\.toml:2: layers\[0\] 'up': the spec says stride 4 but the source model's layer has stride 2",
+        ),
         ('source = "up"\nstride = 2\npadding = 0', r"the spec says padding 0 but .* padding 1"),
         ('source = "up"\nstride = 2\npadding = 1\ndilation = 2', r"the spec says dilation 2 but .* dilation 1"),
         ('source = "head"\nstride = 2', r"'head' is a Conv2d, not a ConvTranspose"),
