@@ -116,6 +116,12 @@ def render_migration(report: MigrationReport) -> None:
                 f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): "
                 f"max abs error {fmt_err(e['max_abs_error'])}, "
                 f"relative {fmt_err(e['max_rel_error'])}"
+                + (
+                    f" ({e['non_finite_mismatch']} values NaN/Inf in one model only: the NaN/Inf weights meet "
+                    "the padding's zeros)"
+                    if e.get("non_finite_mismatch")
+                    else ""
+                )
             )
     for n in report.notes:
         say(f"note: {to_flags(n)}")

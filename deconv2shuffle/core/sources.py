@@ -194,6 +194,8 @@ class _Pairing:
     target_trace: ModelTrace | None
     fits: Callable[[int, TargetConv], bool]
     named: dict[int, str]  # the layers already paired by name
+    all_convs: list[TargetConv]
+    in_channels: Callable[[int], int]
 
     def executed(self) -> tuple[list[int], list[TargetConv]]:
         """Both lists in execution order (registration order where a model could not be traced)."""
@@ -267,6 +269,8 @@ def pair_layers(
         target_trace,
         fits,
         dict(paired),
+        list(convs.values()),
+        lambda i: int(src_mods[layers[i].source].in_channels),
     )
     if job.rest:
         paired.update(_pair_by_order(job))
@@ -289,12 +293,25 @@ def _pair_by_order(job: _Pairing) -> dict[int, str]:
         if len(options) != 1:
             names = ", ".join(c.name for c in options) or "none"
             raise SpecError(
-                f"cannot pair source layer {job.layers[i].source!r} with a target conv (candidates: {names}); "
-                "write a spec that names each layer's target (the `spec` command drafts one from both models)"
+                f"cannot pair source layer {job.layers[i].source!r} with a target conv (candidates: {names})"
+                f"{_unshuffled(job, i)}; write a spec that names each layer's target (the `spec` command drafts "
+                "one from both models)"
             )
         paired[i] = options[0].name
         free.remove(options[0])
     return paired
+
+
+def _unshuffled(job: _Pairing, i: int) -> str:
+    """Target convs that would fit but for the missing shuffle after them, in words ("" when none)."""
+    layer = job.layers[i]
+    near = [c.name for c in job.all_convs if c.factors is None and c.in_channels == job.in_channels(i)]
+    if not near:
+        return ""
+    return (
+        f"; {', '.join(map(repr, near))} take its {job.in_channels(i)} input channels, but no PixelShuffle follows "
+        f"them in the target model's forward, and {layer.source!r} upsamples by {layer.stride}"
+    )
 
 
 def _ambiguous(job: _Pairing, by_exec: dict[int, str], by_reg: dict[int, str], differ: list[int]) -> SpecError:
