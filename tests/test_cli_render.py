@@ -135,7 +135,7 @@ def test_every_user_string_is_escaped_before_the_terminal(tmp_path, cli, spec_fi
 def test_visible_escapes_controls_and_keeps_printable_unicode():
     from deconv2shuffle.cli._tables import visible
 
-    assert visible("a\x1b[2Jb\x07\tc\x9b\u202e") == "a\\x1b[2Jb\\x07\\x09c\\x9b\\u202e"
+    assert visible("a\x1b[2Jb\x07\tc\x9b\u202e\nd") == "a\\x1b[2Jb\\x07\\tc\\x9b\\u202e\\nd"
     assert visible("décodeur.上采样.weight") == "décodeur.上采样.weight"
 
 

@@ -148,7 +148,10 @@ def render_inspect(data: dict[str, Any]) -> None:
     else:
         say("the file is a bare state_dict")
     if data["metadata"]:
-        say(f"metadata: {json.dumps(data['metadata'])[:300]}")
+        text = json.dumps(data["metadata"])
+        keys = list(data["metadata"])
+        shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+        say(f"metadata: {text}" if len(text) <= 300 else f"metadata ({len(keys)} entries, see --json): {shown}")
     show(tensors_table(data))
     t = data["totals"]
     dtypes = ", ".join(f"{k}: {v['tensors']} tensors, {fmt_bytes(v['bytes'])}" for k, v in t["by_dtype"].items())

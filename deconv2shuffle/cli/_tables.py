@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 Justify = Literal["left", "center", "right"]
 _FOLD_MIN = 12  # free-text columns may fold words down to this width before rows become blocks
 _MAX_ROW_LINES = 4  # a table whose rows would wrap taller than this is shown as blocks instead
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f]|[^\x00-\x7f]")
 
 
@@ -36,6 +37,8 @@ def _escape_char(match: re.Match[str]) -> str:
     if ord(ch) >= 0xA0 and unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"):
         return ch  # printable non-ASCII (names in any script) stays as it is
     code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
