@@ -1,8 +1,8 @@
 """Messages a newcomer meets: what happened, where, and what to do; the key layout; non-finite weights."""
 
+import importlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -92,28 +92,29 @@ def test_trusted_pickle_of_a_missing_module_says_so(tmp_path, cli):
     hidden = tmp_path / "elsewhere"
     hidden.mkdir()
     (hidden / "gone_module_xyz.py").write_text("import torch\nclass Net(torch.nn.Module):\n    pass\n")
-    code = "import torch, gone_module_xyz\ntorch.save({'model': gone_module_xyz.Net()}, '../m.pth')\n"
-    subprocess.run([sys.executable, "-c", code], cwd=hidden, check=True)
+    sys.path.insert(0, str(hidden))
+    try:
+        module = importlib.import_module("gone_module_xyz")
+        torch.save({"model": module.Net()}, tmp_path / "m.pth")
+    finally:
+        sys.path.remove(str(hidden))
+        del sys.modules["gone_module_xyz"]
+        importlib.invalidate_caches()
     result = cli("inspect", tmp_path / "m.pth", "--trust-pickle")
     assert result.exit_code == 2, result.output
     assert "needs module 'gone_module_xyz'" in result.output and "corrupt" not in result.output
 
 
-def test_a_failed_file_is_named_once(tmp_path, models_py):
+def test_a_failed_file_is_named_once(tmp_path, cli, models_py):
     src = tmp_path / "bin"
     src.mkdir()
     (src / "x.pth").write_bytes(b"garbage")
-    out = subprocess.run(
-        [sys.executable, "-m", "deconv2shuffle", "batch", "bin", "out", "--source-model", f"{models_py}:Old"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 1
-    (line,) = [x for x in out.stderr.splitlines() if "FAILED" in x]
-    assert line.count("bin/x.pth") == 1 and "not a checkpoint" in line, line
-    (row,) = [x for x in out.stdout.splitlines() if "bin/x.pth" in x]
-    assert row.count("bin/x.pth") == 1, row
+    result = cli("batch", src, tmp_path / "out", "--source-model", f"{models_py}:Old")
+    assert result.exit_code == 1
+    (line,) = [x for x in result.stderr.splitlines() if "FAILED" in x]
+    assert line.count("x.pth") == 1 and "not a checkpoint" in line, line
+    (row,) = [x for x in result.stdout.splitlines() if "x.pth" in x]
+    assert row.count("x.pth") == 1, row
 
 
 def test_the_report_says_which_model_the_keys_fit(tmp_path, cli, models_py, old_model):

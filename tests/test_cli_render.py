@@ -23,23 +23,32 @@ def _table_lines(text):
     return [line for line in text.splitlines() if BOX.search(line)]
 
 
-def _run_in_terminal(args, cwd, columns=80):
-    """Run the real entry point with stdout on a pseudo-terminal COLUMNS wide; its text without colour codes."""
+_SESSION = """
+import sys, json
+from deconv2shuffle.cli import app
+for name, args in json.loads(sys.argv[1]).items():
+    print("=== " + name, flush=True)
+    try:
+        app(args, prog_name="deconv2shuffle", standalone_mode=False)
+    except SystemExit:
+        pass
+    sys.stdout.flush()
+"""
+
+
+def _run_in_terminal(commands, cwd, columns=80):
+    """Run commands (name -> argv) in one process whose stdout is a pseudo-terminal COLUMNS wide.
+
+    Returns each command's text, without colour codes.
+    """
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "xterm"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deconv2shuffle", *map(str, args)],
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env=env,
+        [sys.executable, "-c", _SESSION, json.dumps(commands)], stdout=slave, stderr=subprocess.PIPE, cwd=cwd, env=env
     )
     os.close(slave)
     chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
+    while select.select([master], [], [], 120)[0]:
         try:
             data = os.read(master, 65536)
         except OSError:
@@ -47,54 +56,65 @@ def _run_in_terminal(args, cwd, columns=80):
         if not data:
             break
         chunks.append(data)
-    proc.wait(timeout=60)
+    proc.wait(timeout=120)
     os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
-    return proc.returncode, ANSI.sub("", text), proc.stderr.read().decode()
+    text = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n"))
+    parts = re.split(r"^=== (\w+)\n", text, flags=re.M)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def _long_named_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def at_80_columns(tmp_path_factory):
+    """migrate, inspect and batch on long names, and migrate on short ones, in an 80-column terminal."""
+    folder = tmp_path_factory.mktemp("terminal")
     torch.manual_seed(0)
     state, spec = {}, ["version = 1"]
     for name in LONG:
         layer = nn.ConvTranspose2d(4, 4, 4, 2, 1)
         state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
         spec += ["[[layers]]", f'source = "{name}"', "stride = 2", "padding = 1"]
-    torch.save(state, tmp_path / "long.pth")
-    (tmp_path / "long.toml").write_text("\n".join(spec) + "\n")
+    torch.save(state, folder / "long.pth")
+    (folder / "long.toml").write_text("\n".join(spec) + "\n")
+    torch.save(small_state(), folder / "small.pth")
+    (folder / "small.toml").write_text('version = 1\n[[layers]]\nsource = "up"\nstride = 2\npadding = 1\n')
+    src = folder / "sample_checkpoints_with_a_long_folder_name"
+    src.mkdir()
+    for name in FILES:
+        torch.save(small_state(), src / name)
+        (src / name.replace(".pth", ".toml")).write_text('version = 1\n[[layers]]\nsource = "up"\nstride = 2\n')
+    commands = {
+        "migrate": ["migrate", "long.pth", "new.pth", "--spec", "long.toml"],
+        "small": ["migrate", "small.pth", "small_new.pth", "--spec", "small.toml"],
+        "inspect": ["inspect", "long.pth"],
+        "batch": ["batch", src.name, "out"],
+    }
+    return _run_in_terminal(commands, folder)
 
 
-def test_migrate_at_80_columns_keeps_every_layer_name_whole(tmp_path):
-    _long_named_checkpoint(tmp_path)
-    code, out, err = _run_in_terminal(["migrate", "long.pth", "new.pth", "--spec", "long.toml"], tmp_path)
-    assert code == 0, err
+FILES = ["generator_after_forty_epochs.pth", "generator_after_fifty_epochs.pth"]
+
+
+def test_migrate_at_80_columns_keeps_every_layer_name_whole(at_80_columns):
     for name in LONG:
-        assert name in out and f"{name}.conv" in out, out
-    assert max((len(line) for line in _table_lines(out)), default=0) <= 80, out
+        assert name in at_80_columns["migrate"] and f"{name}.conv" in at_80_columns["migrate"], at_80_columns
+    small = at_80_columns["small"]
+    assert "│ up " in small and "up.conv" in small and "wrote small_new.pth" in small, small
+    for out in at_80_columns.values():
+        assert max((len(line) for line in _table_lines(out)), default=0) <= 80, out
+    assert _table_lines(small), small  # a short key still gets a table
 
 
-def test_inspect_at_80_columns_keeps_every_module_name_whole(tmp_path):
-    _long_named_checkpoint(tmp_path)
-    code, out, err = _run_in_terminal(["inspect", "long.pth"], tmp_path)
-    assert code == 0, err
+def test_inspect_at_80_columns_keeps_every_module_name_whole(at_80_columns):
+    out = at_80_columns["inspect"]
     for name in LONG:
         assert name in out, out
     assert "its name suggests upsampling" in out  # the guess's note, not one word per line
-    assert max((len(line) for line in _table_lines(out)), default=0) <= 80, out
 
 
-def test_batch_table_at_80_columns_keeps_every_file_name_whole(tmp_path):
-    src = tmp_path / "sample_checkpoints_with_a_long_folder_name"
-    src.mkdir()
-    names = ["generator_after_forty_epochs.pth", "generator_after_fifty_epochs.pth"]
-    for name in names:
-        torch.save(small_state(), src / name)
-        (src / name.replace(".pth", ".toml")).write_text('version = 1\n[[layers]]\nsource = "up"\nstride = 2\n')
-    code, out, err = _run_in_terminal(["batch", src.name, "out"], tmp_path)
-    assert code == 0, err
-    for name in names:
-        assert f"{src.name}/{name}" in out, out
-    assert max((len(line) for line in _table_lines(out)), default=0) <= 80, out
+def test_batch_table_at_80_columns_keeps_every_file_name_whole(at_80_columns):
+    for name in FILES:
+        assert f"sample_checkpoints_with_a_long_folder_name/{name}" in at_80_columns["batch"], at_80_columns["batch"]
 
 
 @pytest.mark.parametrize("width", [30, 45, 60, 80, 100, 200])
@@ -139,17 +159,14 @@ def test_visible_escapes_controls_and_keeps_printable_unicode():
     assert visible("décodeur.上采样.weight") == "décodeur.上采样.weight"
 
 
-def test_piped_output_has_no_trailing_spaces_and_errors_have_no_blank_line_above(tmp_path):
+def test_piped_output_has_no_trailing_spaces_and_errors_have_no_blank_line_above(tmp_path, cli, spec_file):
     torch.save(small_state(), tmp_path / "old.pth")
-    (tmp_path / "s.toml").write_text('version = 1\n[[layers]]\nsource = "up"\nstride = 2\npadding = 1\n')
-    run = [sys.executable, "-m", "deconv2shuffle"]
-    out = subprocess.run([*run, "migrate", "old.pth", "new.pth", "--spec", "s.toml"], cwd=tmp_path, capture_output=True)
-    text = out.stdout.decode()
-    assert out.returncode == 0 and text.startswith("deconv2shuffle migrate\n"), text
-    assert all(line == line.rstrip() for line in text.splitlines()), text
+    result = cli("migrate", tmp_path / "old.pth", tmp_path / "new.pth", "--spec", spec_file)
+    assert result.exit_code == 0 and result.stdout.startswith("deconv2shuffle migrate\n"), result.output
+    assert all(line == line.rstrip() for line in result.stdout.splitlines()), result.stdout
     (tmp_path / "in").mkdir()
-    bad = subprocess.run([*run, "batch", "in", "in"], cwd=tmp_path, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, bad.stderr
+    bad = cli("batch", tmp_path / "in", tmp_path / "in")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, bad.stderr
 
 
 @pytest.mark.parametrize(
