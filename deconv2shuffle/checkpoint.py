@@ -321,6 +321,11 @@ def _load_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
                 "Rerun with --trust-pickle only if you trust who made this file"
             ) from None
         raise CheckpointError(f"{path}: corrupt pickle data ({_first_line(text)})") from None
+    except ModuleNotFoundError as e:  # a trusted pickle naming code this Python cannot import: not damage
+        raise CheckpointError(
+            f"{path}: the pickle needs module {e.name!r}, which cannot be imported here; run from the folder "
+            "that holds it, or add that folder to PYTHONPATH"
+        ) from None
     except Exception as e:  # whatever torch raises underneath on damaged bytes, the user gets one line
         raise CheckpointError(
             f"{path}: cannot read this {fmt} checkpoint, it is truncated or corrupt ({_first_line(str(e))})"

@@ -59,6 +59,7 @@ class MigrationReport:
     tolerance: float = 1e-10
     written: list[str] = field(default_factory=list)
     ok: bool = False
+    loads_into: str | None = None  # the model the output's keys fit: "convert_model(Net())" or the target model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what ``--json`` prints)."""

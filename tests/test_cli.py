@@ -236,7 +236,7 @@ def test_bench_times_both_geometries(cli, tmp_path, models_py):
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
-        (["migrate"], "error: Missing argument 'old'. See 'deconv2shuffle migrate --help'."),
+        (["migrate"], "error: Missing argument 'OLD'. See 'deconv2shuffle migrate --help'."),
         (["migrate", "a.pth", "--bogus"], "error: No such option: --bogus"),
         (["batch", "x", "y", "--jobs", "abc"], "error: Invalid value for '--jobs'"),
     ],

@@ -191,23 +191,6 @@ def test_generate_script_reproduces_the_samples(tmp_path):
             torch.testing.assert_close(fresh[key], kept[key], rtol=2.5e-7, atol=1e-9, msg=f"{name}: {key}")
 
 
-def test_readme_python_api_snippet_runs(tmp_path, monkeypatch):
-    text = (ROOT / "README.md").read_text()
-    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "convert_model" in b]
-    shutil.copy(SAMPLES / "forum.pth", tmp_path / "old.pth")
-    shutil.copy(SAMPLES / "forum.toml", tmp_path / "spec.toml")
-    shutil.copy(SAMPLES / "models.py", tmp_path / "models.py")
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert scope["plan"].target.describe() == "5 pad 2"
-    assert scope["report"].ok and (tmp_path / "new.safetensors").is_file()
-    x = torch.randn(1, 64, 5, 5)
-    with torch.no_grad():
-        torch.testing.assert_close(scope["new"](x), scope["model"](x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(scope["layer"](x), scope["model"][0](x), rtol=1e-5, atol=1e-5)
-
-
 def test_readme_spec_example_is_valid():
     from deconv2shuffle import parse_spec
 

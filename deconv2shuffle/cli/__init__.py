@@ -9,9 +9,9 @@ flags. torch is imported only inside commands, so ``--help`` is instant.
 from __future__ import annotations
 
 from . import batch, bench, explain, inspect, migrate, spec
-from ._app import app, main
+from ._app import Command, app, main
 
 for _command in (migrate, spec, inspect, explain, batch, bench):
-    app.command(_command.NAME)(_command.command)
+    app.command(_command.NAME, cls=Command)(_command.command)
 
 __all__ = ["app", "main"]

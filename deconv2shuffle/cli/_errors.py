@@ -29,6 +29,7 @@ FLAGS = {
     "allow_missing": "--allow-missing",
     "approx": "--approx",
     "device": "--device",
+    "dilation": "--dilation",
     "drop": "--drop",
     "drop_unexpected": "--drop-unexpected",
     "force": "--force",
@@ -36,6 +37,8 @@ FLAGS = {
     "jobs": "--jobs",
     "kernel": "--kernel",
     "layer": "--layer",
+    "output_padding": "--output-padding",
+    "padding": "--padding",
     "rename": "--rename",
     "shard": "--shard",
     "source_args": "--source-args",
@@ -44,7 +47,9 @@ FLAGS = {
     "state_dict_key": "--state-dict-key",
     "stride": "--stride",
     "target_args": "--target-args",
+    "target_kernel": "--target-kernel",
     "target_model": "--target-model",
+    "target_padding": "--target-padding",
     "to": "--to",
     "tolerance": "--tolerance",
     "trust_pickle": "--trust-pickle",
@@ -85,6 +90,8 @@ def _flag(name: str, value: Any) -> str:
     flag = FLAGS[name]
     if value is None or value is True:
         return flag
+    if value is Ellipsis:  # "padding=..." : the flag, with its value left open
+        return f"{flag} ..."
     if name == "shard" and isinstance(value, tuple) and len(value) == 2:
         return f"{flag} {value[0]}/{value[1]}"
     if name == "rename":
@@ -118,34 +125,43 @@ def to_flags(message: str) -> str:
     return "".join(out)
 
 
+def _fail(message: str, code: int, json_out: bool, report: dict[str, Any] | None = None) -> typer.Exit:
+    """Print the one error line (and, for ``--json``, a JSON object on stdout); the exit to raise."""
+    from . import _render
+
+    if json_out:
+        _render.print_json({**(report or {}), "ok": False, "error": message, "exit_code": code})
+    _render.error(message)
+    return typer.Exit(code)
+
+
 def handle_errors(func: F) -> F:
     """Our errors become one line on stderr and their exit code; unexpected ones too, unless --debug.
 
-    A command run with ``--json`` also prints the failed run's report (when the error carries one)
-    on stdout, so scripts get ``ok: false`` with the error and exit code.
+    A command run with ``--json`` also prints a JSON object on stdout when it fails: the failed
+    run's report when the error carries one (``migrate``), else ``ok``, ``error`` and
+    ``exit_code``, so scripts always get JSON to parse.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from . import _render
-
+        json_out = bool(kwargs.get("json_out"))
         try:
             return func(*args, **kwargs)
         except Deconv2ShuffleError as e:
-            message = to_flags(str(e))
-            if kwargs.get("json_out") and e.report is not None:
-                _render.print_json({**e.report, "error": message})
-            _render.error(message)
-            raise typer.Exit(e.exit_code) from None
+            raise _fail(to_flags(str(e)), e.exit_code, json_out, e.report) from None
         except KeyboardInterrupt:
-            _render.error("interrupted; no partial output was left")
-            raise typer.Exit(130) from None
+            raise _fail("interrupted; no partial output was left", 130, json_out) from None
+        except typer.BadParameter as e:  # a bad value found inside the command: still exit 2
+            if not json_out:
+                raise
+            raise _fail(e.format_message(), 2, json_out) from None
         except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: usage errors keep exit 2
             raise
         except Exception as e:
             if DEBUG["on"]:
                 raise
-            _render.error(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
-            raise typer.Exit(3) from None
+            message = f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+            raise _fail(message, 3, json_out) from None
 
     return wrapper  # type: ignore[return-value]

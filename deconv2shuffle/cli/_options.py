@@ -10,17 +10,30 @@ import typer
 
 from ..geometry import MODES, Mode
 
-SpecOpt = Annotated[Path | None, typer.Option("--spec", help="Spec file (TOML) listing the layers to convert.")]
+SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", metavar="FILE", help="Spec file (TOML) listing the layers to convert.")
+]
 SourceModelOpt = Annotated[
-    str | None, typer.Option("--source-model", help="Old model: 'package.module:Name' or 'path/file.py:Name'.")
+    str | None,
+    typer.Option(
+        "--source-model", metavar="MODULE:NAME", help="Old model: 'package.module:Name' or 'path/file.py:Name'."
+    ),
 ]
-SourceArgsOpt = Annotated[str | None, typer.Option("--source-args", help="JSON kwargs for the source model.")]
+SourceArgsOpt = Annotated[
+    str | None, typer.Option("--source-args", metavar="JSON", help="JSON kwargs for the source model.")
+]
 TargetModelOpt = Annotated[
-    str | None, typer.Option("--target-model", help="New model: 'package.module:Name' or 'path/file.py:Name'.")
+    str | None,
+    typer.Option(
+        "--target-model", metavar="MODULE:NAME", help="New model: 'package.module:Name' or 'path/file.py:Name'."
+    ),
 ]
-TargetArgsOpt = Annotated[str | None, typer.Option("--target-args", help="JSON kwargs for the target model.")]
+TargetArgsOpt = Annotated[
+    str | None, typer.Option("--target-args", metavar="JSON", help="JSON kwargs for the target model.")
+]
 StateKeyOpt = Annotated[
-    str | None, typer.Option("--state-dict-key", help="Top-level entry holding the weights (e.g. state_dict_ema).")
+    str | None,
+    typer.Option("--state-dict-key", metavar="KEY", help="Top-level entry holding the weights (e.g. state_dict_ema)."),
 ]
 TrustOpt = Annotated[
     bool,
@@ -32,6 +45,7 @@ AllowGlobalOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--allow-global",
+        metavar="MODULE.NAME",
         help="Let the pickle use this global (module.Name), and no other (repeatable). Narrower than --trust-pickle.",
     ),
 ]
@@ -41,12 +55,15 @@ ApproxOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output (atomically).")]
 InputShapeOpt = Annotated[
-    str | None, typer.Option("--input-shape", help="Model input, e.g. 1,3,64,64 (end-to-end check, bench).")
+    str | None,
+    typer.Option("--input-shape", metavar="N,C,H,W", help="Model input, e.g. 1,3,64,64 (end-to-end check, bench)."),
 ]
-KernelOpt = Annotated[str | None, typer.Option("--kernel", "-k", help="Kernel size, e.g. 4 or 4,3.")]
-StrideOpt = Annotated[str | None, typer.Option("--stride", "-s", help="Stride.")]
-PaddingOpt = Annotated[str, typer.Option("--padding", "-p", help="Padding.")]
-OutputPaddingOpt = Annotated[str, typer.Option("--output-padding", help="Output padding.")]
+KernelOpt = Annotated[
+    str | None, typer.Option("--kernel", "-k", metavar="K[,K...]", help="Kernel size, e.g. 4 or 4,3.")
+]
+StrideOpt = Annotated[str | None, typer.Option("--stride", "-s", metavar="S[,S...]", help="Stride.")]
+PaddingOpt = Annotated[str, typer.Option("--padding", "-p", metavar="P[,P...]", help="Padding.")]
+OutputPaddingOpt = Annotated[str, typer.Option("--output-padding", metavar="P[,P...]", help="Output padding.")]
 GeometryOpt = Annotated[
     str,
     typer.Option(
@@ -84,7 +101,9 @@ def parse_ints(text: str | None, flag: str, *, positive: bool = False) -> tuple[
     try:
         values = tuple(int(v) for v in re.split(r"[,x\s]+", text.strip()) if v)
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected an integer or one per axis like 2,1", param_hint=flag) from None
+        values = ()
+    if not values or not re.fullmatch(r"[\s,x0-9+-]+", text):
+        raise typer.BadParameter(f"{text!r}: expected an integer or one per axis like 2,1", param_hint=flag)
     if positive and any(v < 1 for v in values):
         raise typer.BadParameter(f"{text!r}: expected positive integers like 1,3,64,64", param_hint=flag)
     return values

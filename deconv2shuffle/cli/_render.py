@@ -1,47 +1,64 @@
 """The one place that owns the terminal: results to stdout, errors and progress to stderr.
 
 rich honours ``NO_COLOR`` and drops colour and box-drawing control codes when the output is piped.
+Every string that came from a file or a user (keys, file names, messages) is passed through
+:func:`visible` first: a terminal shows control characters as escapes and never obeys them, and
+rich markup in a key (``[bold]``) is printed, not applied.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ._errors import to_flags
 from ._tables import (
-    add_row,
+    Grid,
     batch_table,
     bench_table,
+    failure_detail,
     fmt_bytes,
     fmt_err,
     keys_table,
     layers_table,
+    layout,
     migration_table,
+    taps_table,
     tensors_table,
+    visible,
 )
 
 if TYPE_CHECKING:
     from ..pipeline import BatchResult, BenchRow, FileResult
     from ..report import MigrationReport
 
-out = Console(soft_wrap=False)
+PIPE_WIDTH = 200  # a pipe has no width: wide enough for one line per row, for grep
+
+
+def _width() -> int | None:
+    """``COLUMNS`` when set, else the terminal's width, else (piped) :data:`PIPE_WIDTH`."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else PIPE_WIDTH
+
+
+out = Console(soft_wrap=False, width=_width())
 err = Console(stderr=True)
 
 
 def set_width_for_pipes() -> None:
-    """A piped stdout gets a wide console so tables are not wrapped into unreadable columns."""
+    """Measure the output again: ``COLUMNS``, the terminal, or a wide line when piped."""
     global out
-    if not sys.stdout.isatty():
-        out = Console(width=200, soft_wrap=False)
+    out = Console(width=_width(), soft_wrap=False)
 
 
 def print_json(data: Any) -> None:
@@ -51,18 +68,30 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    """``error: MESSAGE`` on stderr, one line."""
-    err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+    """``error: MESSAGE`` on stderr, one line (control characters shown as escapes)."""
+    err.print(Text("error: ", style="bold red") + Text(visible(message)), highlight=False, soft_wrap=True)
 
 
 def say(message: str) -> None:
-    """A line of plain text on stdout: no markup parsing (keys and formulas contain brackets)."""
-    out.print(message, markup=False, highlight=False, soft_wrap=True)
+    """A line of plain text on stdout: no markup (keys and formulas contain brackets), no control codes."""
+    out.print(Text(visible(message)), highlight=False, soft_wrap=True)
+
+
+def show(grid: Grid) -> None:
+    """A table, fitted to the terminal (see :func:`layout`), its title on a line of its own."""
+    if grid.title:
+        say(grid.title)
+    fitted = layout(grid, out.width)
+    if isinstance(fitted, list):
+        for line in fitted:
+            say(line)
+    else:
+        out.print(fitted)
 
 
 def render_migration(report: MigrationReport) -> None:
     """The terminal table for a MigrationReport."""
-    out.print(migration_table(report))
+    show(migration_table(report))
     say(
         f"{len(report.layers)} converted, {len(report.copied)} copied, {len(report.renamed)} renamed, "
         f"{len(report.dropped)} dropped, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
@@ -87,9 +116,21 @@ def render_migration(report: MigrationReport) -> None:
                 f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): "
                 f"max abs error {fmt_err(e['max_abs_error'])}, "
                 f"relative {fmt_err(e['max_rel_error'])}"
+                + (
+                    f" ({e['non_finite_mismatch']} values NaN/Inf in one model only: the NaN/Inf weights meet "
+                    "the padding's zeros)"
+                    if e.get("non_finite_mismatch")
+                    else ""
+                )
             )
     for n in report.notes:
         say(f"note: {to_flags(n)}")
+    loads_into = getattr(report, "loads_into", None)
+    if loads_into:
+        advice = (
+            "; to fit your own Conv + PixelShuffle class, give --target-model" if "convert_model" in loads_into else ""
+        )
+        say(f"loads into {loads_into}{advice}")
     if report.written:
         say(f"wrote {', '.join(report.written)}")
     elif report.output_file is None:
@@ -107,8 +148,11 @@ def render_inspect(data: dict[str, Any]) -> None:
     else:
         say("the file is a bare state_dict")
     if data["metadata"]:
-        say(f"metadata: {json.dumps(data['metadata'])[:300]}")
-    out.print(tensors_table(data))
+        text = json.dumps(data["metadata"])
+        keys = list(data["metadata"])
+        shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+        say(f"metadata: {text}" if len(text) <= 300 else f"metadata ({len(keys)} entries, see --json): {shown}")
+    show(tensors_table(data))
     t = data["totals"]
     dtypes = ", ".join(f"{k}: {v['tensors']} tensors, {fmt_bytes(v['bytes'])}" for k, v in t["by_dtype"].items())
     say(f"total: {t['tensors']} tensors, {t['numel']:,} elements, {fmt_bytes(t['bytes'])} ({dtypes})")
@@ -120,7 +164,7 @@ def render_inspect(data: dict[str, Any]) -> None:
             + ("listed" if origin != "guess" else "recognised; give --spec or --source-model")
         )
         return
-    out.print(layers_table(data))
+    show(layers_table(data))
 
 
 def render_explain(data: dict[str, Any]) -> None:
@@ -134,24 +178,7 @@ def render_explain(data: dict[str, Any]) -> None:
             say(f"axis {ax['axis']}: same as axis {seen[sig]}")
             continue
         seen[sig] = ax["axis"]
-        K = ax["target_kernel"]
-        table = Table(
-            title=f"axis {ax['axis']}: k{ax['kernel']} s{ax['stride']} p{ax['padding']}"
-            + (f" op{ax['output_padding']}" if ax["output_padding"] else "")
-            + (f" d{ax['dilation']}" if ax["dilation"] != 1 else "")
-            + f" -> target taps j (kernel {K}, padding {ax['target_padding'][0]}"
-            + (f"/{ax['target_padding'][1]}" if ax["target_padding"][0] != ax["target_padding"][1] else "")
-            + (f", shift {ax['shift']}" if ax.get("shift") else "")
-            + ")",
-            title_justify="left",
-        )
-        table.add_column("phase")
-        for j in ax["columns"]:
-            table.add_column(f"j={j}" + ("" if 0 <= j < K else " (outside)"), justify="center")
-        for ph in ax["phases"]:
-            phase = f"s={ph['phase']}" + (f" (source s={ph['source_phase']})" if ax.get("shift") else "")
-            add_row(table, phase, *[("." if t is None else f"w[{t}]") for t in ph["row"]])
-        out.print(table)
+        show(taps_table(ax))
         e = ax["example"]
         say(
             f"  input length {e['input']}: ConvTranspose gives {e['transposed_output']}; "
@@ -186,7 +213,7 @@ def render_explain(data: dict[str, Any]) -> None:
 
 def render_bench(rows: list[BenchRow]) -> None:
     """Median forward times per layer, old and both new forms, and the verdict."""
-    out.print(bench_table(rows))
+    show(bench_table(rows))
 
 
 def batch_progress() -> Any:
@@ -205,7 +232,7 @@ def batch_progress() -> Any:
 
 def render_batch(result: BatchResult) -> None:
     """One row per file, and the counts."""
-    out.print(batch_table(result))
+    show(batch_table(result))
     say(
         f"{result.count('converted')} converted, {result.count('skipped')} up to date, {result.count('failed')} failed "
         f"in {result.seconds:.1f} s"
@@ -216,12 +243,12 @@ def status(message: str, enabled: bool = True) -> Any:
     """A spinner on stderr while long work runs; nothing when stderr is not a terminal."""
     if not enabled or not err.is_terminal:
         return contextlib.nullcontext()
-    return err.status(Text(message), spinner="dots")
+    return err.status(Text(visible(message)), spinner="dots")
 
 
 def render_keys(report: MigrationReport) -> None:
     """Every key of the old checkpoint (and every missing target key) with its action."""
-    out.print(keys_table(report))
+    show(keys_table(report))
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,28 +303,34 @@ def batch_summary(result: BatchResult, *, json_out: bool) -> None:
 
 
 def spec_text(text: str) -> None:
-    """A spec, as is, on stdout."""
-    sys.stdout.write(text)
+    """A spec on stdout; control characters (only a comment could hold one) written as escapes."""
+    sys.stdout.write("\n".join(visible(line) for line in text.split("\n")))
 
 
 @contextlib.contextmanager
 def batch_progress_hooks() -> Iterator[tuple[Callable[[int], None], Callable[[FileResult], None]]]:
-    """A progress bar for a batch, and the ``on_start`` / ``on_file`` hooks that drive it."""
+    """A progress bar for a batch, and the ``on_start`` / ``on_file`` hooks that drive it.
+
+    The bar appears only once the batch starts: an error before that is one line, with no
+    empty bar line above it.
+    """
     progress = batch_progress()
     task: list[Any] = []
 
     def on_start(total: int) -> None:
+        if not task:
+            progress.start()
         task.append(progress.add_task("converting", total=total))
 
     def on_file(result: FileResult) -> None:
-        mark = {"converted": "ok", "skipped": "up to date", "failed": "FAILED"}[result.status]
-        progress.console.print(
-            f"{mark:>10}  {result.input}" + (f": {to_flags(result.error)}" if result.error else ""),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-        progress.advance(task[0])
+        mark = {"converted": "ok", "skipped": "up to date", "failed": "FAILED"}.get(result.status, result.status)
+        detail = f": {failure_detail(result.input, result.error)}" if result.error else ""
+        progress.console.print(Text(visible(f"{mark:>10}  {result.input}{detail}")), highlight=False, soft_wrap=True)
+        if task:
+            progress.advance(task[-1])
 
-    with progress:
+    try:
         yield on_start, on_file
+    finally:
+        if task:
+            progress.stop()

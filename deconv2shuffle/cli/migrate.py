@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..errors import Deconv2ShuffleError, UsageError
 from ._errors import handle_errors
 from ._options import (
     AllowGlobalOpt,
@@ -26,6 +29,7 @@ from ._options import (
 )
 
 NAME = "migrate"
+OUTPUT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".safetensors.index.json")
 
 
 @handle_errors
@@ -39,10 +43,11 @@ def command(
     target_args: TargetArgsOpt = None,
     approx: ApproxOpt = False,
     rename: Annotated[
-        list[str] | None, typer.Option("--rename", help="REGEX=REPLACEMENT for other keys (repeatable).")
+        list[str] | None,
+        typer.Option("--rename", metavar="REGEX=REPL", help="REGEX=REPLACEMENT for other keys (repeatable)."),
     ] = None,
     drop: Annotated[
-        list[str] | None, typer.Option("--drop", help="Leave out keys matching REGEX (repeatable).")
+        list[str] | None, typer.Option("--drop", metavar="REGEX", help="Leave out keys matching REGEX (repeatable).")
     ] = None,
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
@@ -55,9 +60,13 @@ def command(
     drop_unexpected: Annotated[
         bool, typer.Option("--drop-unexpected", help="Leave out keys the target model does not have.")
     ] = False,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Max relative float64 error per layer.")] = 1e-10,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", metavar="REL", help="Max relative float64 error per layer.")
+    ] = 1e-10,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert and verify, write nothing.")] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="Write the report as .json or .md.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", metavar="FILE", help="Write the report as .json or .md.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key and what happened to it.")] = False,
     no_hash: Annotated[
         bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
@@ -70,10 +79,15 @@ def command(
 
     if new is None and not dry_run:
         raise typer.BadParameter("give NEW, or --dry-run to only check", param_hint="NEW")
+    if new is not None and not dry_run:
+        _check_new(old, new)
     renames = parse_rename(rename)
     shape = parse_ints(input_shape, "--input-shape", positive=True) or None
     _render.set_width_for_pipes()
-    with _render.status(f"migrating {old}", enabled=not json_out):
+    with (
+        _render.status(f"migrating {old}", enabled=not json_out),
+        _draft_on_ambiguity(old, None if dry_run else new, (source_model, source_args, target_model, target_args)),
+    ):
         result = migrate(
             old,
             None if dry_run else new,
@@ -97,3 +111,38 @@ def command(
             hash_source=not no_hash,
         )
     _render.migration(result, json_out=json_out, verbose=verbose, report_path=report)
+
+
+@contextlib.contextmanager
+def _draft_on_ambiguity(
+    old: Path, new: Path | None, refs: tuple[str | None, str | None, str | None, str | None]
+) -> Iterator[None]:
+    """An ambiguous pairing writes a spec to edit beside NEW (or, checking only, in the current folder)."""
+    from ..core.sources import AmbiguousPairingError
+    from .spec import model_table, write_draft
+
+    try:
+        yield
+    except AmbiguousPairingError as e:
+        folder = new.parent if new is not None else Path(".")
+        stem = (new or old).name.split(".")[0] or "migrate"
+        with contextlib.suppress(OSError, Deconv2ShuffleError):  # the ambiguity is the error to see
+            models = model_table(refs[0], refs[1], refs[2], refs[3], folder)
+            path = write_draft(e, models, folder / f"{stem}.pairing.toml")
+            e.args = (f"{e}; wrote a spec to edit: {path} (check each target, then pass --spec {path})",)
+        raise
+
+
+def _check_new(old: Path, new: Path) -> None:
+    """NEW names a file whose extension says its format; a folder or another extension is refused (exit 2)."""
+    if new.is_dir():
+        raise UsageError(
+            f"{new}: is a folder, and NEW is the file to write (--force replaces files, never folders); "
+            f"give a file name, e.g. {new / old.name}"
+        )
+    if not new.name.lower().endswith(OUTPUT_SUFFIXES):
+        what = f"the extension {new.suffix!r}" if new.suffix else "a name without an extension"
+        raise UsageError(
+            f"{new}: the output format follows NEW's extension and cannot be told from {what}; name it "
+            ".pth/.pt/.ckpt/.bin (torch), .safetensors, or .safetensors.index.json (sharded safetensors)"
+        )

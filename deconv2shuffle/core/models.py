@@ -65,6 +65,8 @@ def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str 
             module = importlib.import_module(where)
     except SpecError:
         raise
+    except ModuleNotFoundError as e:
+        raise SpecError(f"{name_of}: importing {where} failed: {e}{_file_hint(where, name, what, e)}") from None
     except Exception as e:  # the user's code may raise anything while importing
         raise SpecError(f"{name_of}: importing {where} failed: {type(e).__name__}: {e}") from None
     factory = getattr(module, name, None)
@@ -77,6 +79,16 @@ def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str 
     if not isinstance(model, nn.Module):
         raise SpecError(f"{name_of}: {name}(...) returned a {type(model).__name__}, not an nn.Module")
     return model.eval()
+
+
+def _file_hint(where: str, name: str, what: str, error: ModuleNotFoundError) -> str:
+    """When a dotted reference names a file in the current folder that is not importable: say how to load it."""
+    if error.name is None or not where.startswith(error.name):
+        return ""
+    candidate = Path(*where.split(".")).with_suffix(".py")
+    if not candidate.is_file():
+        return ""
+    return f"; to load the file {candidate}, write {what}='{candidate.as_posix()}:{name}'"
 
 
 def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
@@ -156,14 +168,56 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, (_SubPixelConvTranspose, PixelShuffle)) or super().is_leaf_module(m, qualname)
 
 
-def _traced_shuffles(model: nn.Module) -> dict[str, tuple[int, ...]] | None:
+@dataclass(frozen=True)
+class ModelTrace:
+    """What ``torch.fx`` sees a model do: the order its (de)conv modules run, and what feeds what.
+
+    ``order`` maps each conv / ConvTranspose module to the position of its first call;
+    ``ancestors`` maps it to the conv / ConvTranspose modules whose output reaches its input.
+    """
+
+    graph: torch.fx.Graph
+    order: dict[str, int]
+    ancestors: dict[str, frozenset[str]]
+
+    def runs_before(self, first: str, then: str) -> bool:
+        """Whether ``then`` reads (through any path) the output of ``first``: their order is the data's."""
+        return first in self.ancestors.get(then, frozenset())
+
+
+def trace_model(model: nn.Module) -> ModelTrace | None:
+    """Trace ``model`` with ``torch.fx``; ``None`` when it cannot be traced (data-dependent code...).
+
+    Args:
+        model: the module.
+
+    Returns:
+        The :class:`ModelTrace` of its conv and ConvTranspose modules.
+    """
     try:
         graph = _Tracer().trace(model)
-    except Exception:
+    except Exception:  # the user's forward may do anything fx cannot follow
         return None
     modules = dict(model.named_modules())
-    found: dict[str, tuple[int, ...]] = {}
+    tracked = (*_CONVS, *_TRANSPOSED)
+    order: dict[str, int] = {}
+    ancestors: dict[str, frozenset[str]] = {}
+    seen: dict[torch.fx.Node, frozenset[str]] = {}  # node -> tracked modules upstream of its output
     for node in graph.nodes:
+        upstream = frozenset().union(*(seen[n] for n in node.all_input_nodes if n in seen))
+        name = str(node.target) if node.op == "call_module" else ""
+        if name and isinstance(modules.get(name), tracked):
+            order.setdefault(name, len(order))
+            ancestors.setdefault(name, upstream)
+            upstream = upstream | {name}
+        seen[node] = upstream
+    return ModelTrace(graph, order, ancestors)
+
+
+def _traced_shuffles(model: nn.Module, trace: ModelTrace) -> dict[str, tuple[int, ...]]:
+    modules = dict(model.named_modules())
+    found: dict[str, tuple[int, ...]] = {}
+    for node in trace.graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), _CONVS):
             continue
         users = list(node.users)
@@ -194,8 +248,16 @@ def _registered_shuffles(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return found
 
 
-def target_convs(model: nn.Module) -> dict[str, TargetConv]:
-    """Every stride-1 conv of the target model with the shuffle factor that follows it."""
+def target_convs(model: nn.Module, trace: ModelTrace | None = None) -> dict[str, TargetConv]:
+    """Every stride-1 conv of the target model with the shuffle factor that follows it.
+
+    Args:
+        model: the target model.
+        trace: its :func:`trace_model` when already traced (else it is traced here).
+
+    Returns:
+        Each conv by module path, in registration order.
+    """
     shuffles: dict[str, tuple[int, ...]] = {}
     geometries: dict[str, TargetGeometry] = {}
     for name, module in model.named_modules():
@@ -203,8 +265,8 @@ def target_convs(model: nn.Module) -> dict[str, TargetConv]:
             conv_name = f"{name}.conv" if name else "conv"
             shuffles[conv_name] = module.plan.factors
             geometries[conv_name] = module.plan.target
-    traced = _traced_shuffles(model)
-    shuffles.update(traced if traced is not None else _registered_shuffles(model))
+    trace = trace or trace_model(model)
+    shuffles.update(_traced_shuffles(model, trace) if trace is not None else _registered_shuffles(model))
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, _CONVS):

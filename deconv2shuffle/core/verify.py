@@ -20,8 +20,9 @@ from torch import nn
 from ..errors import SpecError, VerificationError
 from ..geometry import SubPixelPlan, TargetGeometry
 from ..nn import clone_module, convert_model, subpixel_forward
+from ..rewrite import transposed_to_subpixel
 from .keys import strip_prefix
-from .models import guess_input
+from .models import guess_input, target_convs
 
 DEFAULT_TOLERANCE = 1e-10
 E2E_TOLERANCE = 1e-8
@@ -60,6 +61,65 @@ class Tolerance:
         return tol
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one dtype hold the same bit patterns (NaN payloads and signs included)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return bool(torch.equal(a.contiguous().view(ints[a.element_size()]), b.contiguous().view(ints[b.element_size()])))
+
+
+def _finite_parts(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    new_weight: torch.Tensor,
+    new_bias: torch.Tensor | None,
+    plan: SubPixelPlan,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None] | None:
+    """Non-finite values (NaN, Inf) checked as copies, then zeroed on both sides for the numeric check.
+
+    A rearrangement copies values, so a NaN or Inf in the old weight must reappear, bit for bit,
+    exactly where the plan puts that tap; its output error would be NaN and says nothing.
+
+    Returns:
+        The four tensors with every non-finite value replaced by zero, or ``None`` when a
+        non-finite value is not where (or not what) the copy puts it.
+    """
+    # which old element each new position copies (0: a zero the rewrite adds)
+    source_of = torch.arange(1, weight.numel() + 1, dtype=torch.int64).reshape(weight.shape)
+    copied = transposed_to_subpixel(source_of, None, plan, approx=True).weight
+    if copied.shape != new_weight.shape:
+        return None
+    expect = weight.reshape(-1)[(copied - 1).clamp(min=0)]
+    bad = ~_finite(new_weight)
+    if not torch.equal(bad, ~_finite(expect) & (copied > 0)) or not _same_bits(new_weight[bad], expect[bad]):
+        return None
+    parts = [_zeroed(weight), None, _zeroed(new_weight), None]
+    if bias is not None and new_bias is not None:
+        expect_bias = bias.repeat_interleave(plan.phases)
+        bad_bias = ~_finite(new_bias)
+        if not torch.equal(bad_bias, ~_finite(expect_bias)) or not _same_bits(
+            new_bias[bad_bias], expect_bias[bad_bias]
+        ):
+            return None
+        parts[1], parts[3] = _zeroed(bias), _zeroed(new_bias)
+    return parts[0], parts[1], parts[2], parts[3]  # type: ignore[return-value]
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t.to(torch.float64)) if t.is_floating_point() else torch.ones_like(t, dtype=torch.bool)
+
+
+def _zeroed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 with its non-finite values set to zero."""
+    t64 = t.to(torch.float64)
+    return torch.where(torch.isfinite(t64), t64, torch.zeros((), dtype=torch.float64))
+
+
+def _all_finite(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or bool(_finite(t).all()) for t in tensors)
+
+
 def verify_layer(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -70,6 +130,10 @@ def verify_layer(
 ) -> tuple[float, float]:
     """Run the old and the new layer in float64 on one random input and compare.
 
+    Non-finite weights (NaN, Inf, as a diverged run leaves them) cannot be compared through
+    outputs; they are checked as bit-for-bit copies in the places the plan puts them, and the
+    finite rest is compared as usual.
+
     Args:
         weight, bias: the ConvTranspose's tensors.
         new_weight, new_bias: the converted conv's tensors.
@@ -78,8 +142,13 @@ def verify_layer(
 
     Returns:
         ``(max abs error, max abs error / max abs output)``; ``inf`` for both when the output
-        shapes differ.
+        shapes differ or a non-finite value was not copied where it belongs.
     """
+    if not _all_finite(weight, bias, new_weight, new_bias):
+        parts = _finite_parts(weight, bias, new_weight, new_bias, plan)
+        if parts is None:
+            return math.inf, math.inf
+        weight, bias, new_weight, new_bias = parts
     gen = torch.Generator().manual_seed(seed)
     geo = plan.source
     lengths = [max(3, min(8, k)) for k in geo.kernel_size]
@@ -109,13 +178,71 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str, model: nn.Module) -> 
     return dict(state)
 
 
+def _listed(items: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``: never cut inside a name."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Why ``state`` does not load into ``model`` strictly, key by key ("" when the keys and shapes agree)."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} where the model has {tuple(want[k].shape)}"
+        for k in want
+        if k in state and tuple(state[k].shape) != tuple(want[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key(s) missing: {_listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} key(s) the model does not have: {_listed(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ: {_listed(shapes, 3)}")
+    return "; ".join(parts)
+
+
 def _load_strict(
     model: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, error: type[Exception], what: str
 ) -> None:
+    state = _strip(state, prefix, model)
     try:
-        model.load_state_dict(_strip(state, prefix, model), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise error(f"{what}: {' '.join(str(e).split())[:300]}") from None
+        why = _mismatch(model, state) or " ".join(str(e).split())
+        raise error(f"{what}: {why}") from None
+
+
+def _converted_without_shuffle(
+    target: nn.Module, old_state: Mapping[str, torch.Tensor], new_state: Mapping[str, torch.Tensor]
+) -> str:
+    """A hint when a converted weight sits in a target conv that no pixel shuffle follows ("" otherwise)."""
+    convs = target_convs(target)
+    for name, conv in convs.items():
+        key = f"{name}.weight"
+        new = next((v for k, v in new_state.items() if k == key or k.endswith("." + key)), None)
+        old = old_state.get(key)
+        converted = new is not None and (old is None or tuple(old.shape) != tuple(new.shape))
+        if converted and conv.factors is None:
+            return (
+                f"; target conv {name!r} ({conv.describe()}) holds a converted layer, but no PixelShuffle follows "
+                f"it in the target model's forward, so its {conv.out_channels} channels are never rearranged into "
+                "space: apply nn.PixelShuffle to its output"
+            )
+    return ""
+
+
+def _compare(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float, int]:
+    """Max abs error over the values finite in both, the output scale, and how many values are
+    non-finite in one output only (equal NaN/Inf in both count as equal)."""
+    finite = torch.isfinite(want) & torch.isfinite(got)
+    same = (torch.isnan(want) & torch.isnan(got)) | (~torch.isfinite(want) & (want == got))
+    diff = (want - got)[finite].abs()
+    abs_err = float(diff.max()) if diff.numel() else 0.0
+    scale = float(want[finite].abs().max()) if finite.any() else 0.0
+    return abs_err, scale or 1.0, int((~finite & ~same).sum())
 
 
 def _flat(output: Any) -> torch.Tensor:
@@ -147,7 +274,9 @@ def end_to_end(
 
     Returns:
         ``None`` without a source model; ``{"skipped": reason}`` when no input shape is known; else
-        ``input_shape``, ``max_abs_error``, ``max_rel_error`` and ``dtype``.
+        ``input_shape``, ``max_abs_error``, ``max_rel_error`` (over the values finite in both
+        outputs) and ``dtype``; plus ``non_finite_mismatch``, the count of values NaN/Inf in one
+        output only, when there are any (the errors are then NaN unless the old weights hold NaN/Inf).
 
     Raises:
         SpecError: the old state does not load into the source model, or the models cannot run.
@@ -170,16 +299,45 @@ def end_to_end(
     if shape is None:
         return {"skipped": "no input shape; pass input_shape=(N, C, H, W) with the model's input shape"}
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    hint = "" if target_model is None else _converted_without_shuffle(target_model, old_state, new_state)
     with torch.no_grad():
         try:
-            want, got = _flat(old_model(x)), _flat(new_model(x))
-        except Exception as e:
+            want = _flat(old_model(x))
+        except Exception as e:  # a guessed shape was tried on the source model: this one was given
             raise SpecError(
-                f"running the models on input {shape} failed ({type(e).__name__}: {e}); "
-                "pass input_shape=(N, C, H, W) with the model's input shape"
+                f"the source model cannot run on input_shape={shape} ({type(e).__name__}: {e}); give the input it takes"
+            ) from None
+        try:
+            got = _flat(new_model(x))
+        except Exception as e:
+            advice = hint or (
+                ""
+                if input_shape is not None
+                else f"; the input {shape} was guessed from the source model: if the models need another, "
+                "pass input_shape=(N, C, H, W)"
+            )
+            raise SpecError(
+                f"the target model fails on input {tuple(shape)}, which the source model takes "
+                f"({type(e).__name__}: {e}){advice}"
             ) from None
     if want.shape != got.shape:
-        raise VerificationError(f"end-to-end: old model output {tuple(want.shape)} vs new {tuple(got.shape)}")
-    abs_err = float((want - got).abs().max())
-    scale = float(want.abs().max()) or 1.0
-    return {"input_shape": list(shape), "max_abs_error": abs_err, "max_rel_error": abs_err / scale, "dtype": "float64"}
+        raise VerificationError(
+            f"end-to-end: old model output {tuple(want.shape)} vs new {tuple(got.shape)}{hint}; nothing was written"
+        )
+    abs_err, scale, odd = _compare(want, got)
+    result = {
+        "input_shape": list(shape),
+        "max_abs_error": abs_err,
+        "max_rel_error": abs_err / scale,
+        "dtype": "float64",
+    }
+    if odd:
+        # NaN/Inf weights: a padded conv multiplies them by the padding's zeros (NaN), where the
+        # transposed conv never touches them; elsewhere the outputs must agree. Without them, never passes.
+        weights_non_finite = any(
+            t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in old_state.values()
+        )
+        result["non_finite_mismatch"] = odd
+        if not weights_non_finite:
+            result["max_abs_error"] = result["max_rel_error"] = math.nan
+    return result

@@ -137,6 +137,7 @@ def _run(
     source_hash = _prepare_output(ckpt, out, how)
     conversion = _convert(ckpt, sources, how, str(src))
     report = conversion.report
+    report.loads_into = sources.loads_into([(x.source, x.target) for x in report.layers])
     _describe_source(report, ckpt, out)
     if shape is None and sources.spec is not None and sources.spec.models.get("input_shape"):
         shape = tuple(sources.spec.models["input_shape"])
