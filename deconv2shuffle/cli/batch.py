@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,19 +123,20 @@ def command(
             dry_run=dry_run,
             report_path=report,
             on_start=on_start,
-            on_file=on_file,
+            on_file=lambda r: on_file(replace(r, status="converted") if r.status == "checked" else r),  # "ok"
         )
     _render.batch_summary(result, json_out=json_out)
     if dry_run and not json_out:
         _render.say(f"dry run: {result.count('checked')} checked, no checkpoint written")
-    if result.interrupted is not None:
+    if result.stopped_by is not None:
         left = result.count("interrupted")
         _render.error(
-            f"interrupted by {result.interrupted}: {result.count('converted')} converted, {left} not done "
+            f"interrupted by {result.stopped_by}: {result.count('converted')} converted, {left} not done "
             "(no partial output was left)" + (f"; report: {report}" if report is not None else "")
         )
         _render.error(f"to resume: {resume_command(dict(locals()), report)}")
-        raise typer.Exit(EXIT_CODES.get(result.interrupted, 130))
+        gc.freeze()  # nothing is left to collect: exit without sweeping every tensor and module (seconds)
+        raise typer.Exit(EXIT_CODES.get(result.stopped_by, 130))
     if not result.ok:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ array jobs, with no coordinator.
 
 SIGINT (Ctrl-C) and SIGTERM (what ``timeout``, Slurm and Kubernetes send) stop a batch at once:
 queued files are not started, workers are stopped and remove their temporary files, finished
-outputs stay, and the result so far comes back with ``interrupted`` set.
+outputs stay, and the result so far comes back with ``stopped_by`` set.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["CHECKPOINT_PATTERNS", "BatchResult", "FileResult", "run_batch"]
 class BatchResult:
     """Every file of a batch, in input order, and the time it took.
 
-    ``interrupted`` names the signal (``"SIGINT"``, ``"SIGTERM"``) that stopped the batch; files
+    ``stopped_by`` names the signal (``"SIGINT"``, ``"SIGTERM"``) that stopped the batch; files
     it stopped or never started have status ``interrupted``.
     """
 
@@ -48,7 +48,7 @@ class BatchResult:
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
-    interrupted: str | None = None
+    stopped_by: str | None = None
 
     def count(self, status: str) -> int:
         """How many files have ``status`` (converted, checked, skipped, failed or interrupted)."""
@@ -57,7 +57,7 @@ class BatchResult:
     @property
     def ok(self) -> bool:
         """No file failed and nothing stopped the batch."""
-        return self.count("failed") == 0 and self.interrupted is None
+        return self.count("failed") == 0 and self.stopped_by is None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, with the counts and ``ok``."""
@@ -125,7 +125,7 @@ def run_batch(
 
     Returns:
         The :class:`BatchResult`; a failed file is recorded there and does not stop the others.
-        SIGINT or SIGTERM stop the batch: the result so far comes back with ``interrupted`` set.
+        SIGINT or SIGTERM stop the batch: the result so far comes back with ``stopped_by`` set.
 
     Raises:
         UsageError: bad ``to``, ``jobs``, ``shard``, pattern or shape, ``out_dir`` equal to
@@ -179,7 +179,7 @@ def run_batch(
                     on_file(r)
             _run_jobs(todo, jobs, result, on_file)
         except Stop as stop:
-            result.interrupted = signal.Signals(stop.signum).name
+            result.stopped_by = signal.Signals(stop.signum).name
     order = {str(p): i for i, p in enumerate(files)}
     result.files.sort(key=lambda f: order.get(f.input, 0))
     result.seconds = time.perf_counter() - start
@@ -187,7 +187,7 @@ def run_batch(
         try:
             write_json(report_path, result.to_dict(), force=force, inputs=_read_files(result, spec, common))
         except Exception:
-            if result.interrupted is None:
+            if result.stopped_by is None:
                 raise  # interrupted, the summary still gets printed; the report error is secondary
     return result
 
