@@ -166,12 +166,13 @@ def run_batch(
     result = BatchResult(str(in_dir), str(out_dir), None if chosen is None else f"{chosen[0]}/{chosen[1]}")
     result.dry_run = dry_run
     files: list[Path] = []
+    report_checks: dict[str, Any] | None = None  # set once the report's place is checked
     with _stop_on_signals():
         try:
             files = _select(in_dir, out_dir, patterns, recursive, chosen)
             todo = _plan_jobs(files, in_dir, out_dir, to, spec, force, common, result)
             if report_path is not None:
-                _check_report(report_path, files, spec, todo, result, common, force)
+                report_checks = _check_report(report_path, files, spec, todo, result, common, force)
             if on_start:
                 on_start(len(files))
             for r in result.files:
@@ -183,9 +184,9 @@ def run_batch(
     order = {str(p): i for i, p in enumerate(files)}
     result.files.sort(key=lambda f: order.get(f.input, 0))
     result.seconds = time.perf_counter() - start
-    if report_path is not None:
+    if report_path is not None and report_checks is not None:
         try:
-            write_json(report_path, result.to_dict(), force=force, inputs=_read_files(result, spec, common))
+            write_json(report_path, result.to_dict(), **report_checks)
         except Exception:
             if result.stopped_by is None:
                 raise  # interrupted, the summary still gets printed; the report error is secondary
@@ -258,14 +259,19 @@ def _check_report(
     result: BatchResult,
     common: dict[str, Any],
     force: bool,
-) -> None:
-    """The report must not replace a file the batch reads or writes (checked before any work)."""
+) -> dict[str, Any]:
+    """The report must not replace a file the batch reads or writes (checked before any work).
+
+    Returns:
+        The checks to repeat when the report is written (:func:`publish_file`'s keywords).
+    """
     planned = [FileResult(j["input"], j["output"], "planned", spec=j["spec"]) for j in todo]
     everything = BatchResult(result.input_dir, result.output_dir, None, [*result.files, *planned])
     inputs = [*files, *_read_files(everything, spec, common)]
     outputs = [Path(f.output) for f in everything.files]
     outputs += [plan.record_path(p, Path(result.output_dir)) for p in outputs]
     check_new_file(path, inputs=inputs, outputs=outputs, force=force)
+    return {"inputs": inputs, "outputs": outputs, "force": force}
 
 
 def _run_jobs(
