@@ -46,11 +46,14 @@ def test_output_collisions_are_refused_with_both_names(tmp_path, cli):
 def test_an_input_replaced_with_the_same_mtime_is_converted_again(tmp_path, cli):
     src = _folder(tmp_path)
     out = tmp_path / "out"
+    torch.save({k: v.clone() for k, v in small_state().items()}, src / "a.pth")
     assert _batch(cli, src, out)[1]["converted"] == 1
     old = os.stat(src / "a.pth")
-    state = {k: v + 1 for k, v in small_state().items()}
-    torch.save(state, src / "a.pth")
+    state = {k: v.clone() + 1 for k, v in small_state().items()}
+    torch.save(state, tmp_path / "b.pth")
+    os.replace(tmp_path / "b.pth", src / "a.pth")
     os.utime(src / "a.pth", ns=(old.st_atime_ns, old.st_mtime_ns))  # cp -p, rsync -t: the same mtime
+    assert os.stat(src / "a.pth").st_size == old.st_size  # same size, same mtime, other content
     _, data = _batch(cli, src, out)
     assert data["converted"] == 1 and data["skipped"] == 0
     new = torch.load(out / "a.pth", weights_only=True)
