@@ -140,7 +140,7 @@ def test_batch_converts_mirrors_and_survives_a_bad_file(tmp_path, cli):
         "sub/b.safetensors": "converted",
         "sub/c.ckpt": "converted",
     }
-    assert listing(out) == ["a.pth", "sub"] and listing(out / "sub") == ["b.safetensors", "c.ckpt"]
+    assert listing(out) == [".deconv2shuffle", "a.pth", "sub"] and listing(out / "sub") == ["b.safetensors", "c.ckpt"]
     assert "model.up.conv.weight" in torch.load(out / "sub" / "c.ckpt", weights_only=True)["state_dict"]
     assert {p: sha(src / p) for p in before} == before
     failed = next(f for f in report["files"] if f["status"] == "failed")
@@ -264,7 +264,12 @@ def test_batch_treats_an_index_and_its_shards_as_one_checkpoint(tmp_path, cli):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [os.path.basename(f["input"]) for f in data["files"]] == ["m.safetensors.index.json"]
-    assert listing(tmp_path / "out") == ["m-1.safetensors", "m-2.safetensors", "m.safetensors.index.json"]
+    assert listing(tmp_path / "out") == [
+        ".deconv2shuffle",
+        "m-1.safetensors",
+        "m-2.safetensors",
+        "m.safetensors.index.json",
+    ]
 
 
 def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli):

@@ -104,11 +104,11 @@ def ambiguity_draft(error: AmbiguousPairingError, models: dict[str, Any]) -> str
 
 def write_draft(error: AmbiguousPairingError, models: dict[str, Any], path: Path) -> Path:
     """Write :func:`ambiguity_draft` to ``path`` (or ``name-2.toml``... when taken); the path written."""
-    from ..pipeline.files import write_text
+    from ..pipeline.files import publish_file
 
     stem, n = path.name.removesuffix(".toml"), 1
     while path.exists():
         n += 1
         path = path.with_name(f"{stem}-{n}.toml")
-    write_text(path, ambiguity_draft(error, models))
+    publish_file(path, ambiguity_draft(error, models).encode(), what="spec")
     return path

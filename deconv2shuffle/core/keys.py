@@ -2,7 +2,8 @@
 
 Every regular expression a user gives (spec ``[rename]`` / ``drop``, or the ``rename`` / ``drop``
 parameters) is compiled by :func:`compile_pattern`, so a bad pattern is one clear error whatever
-its origin.
+its origin, and a pattern that could backtrack exponentially (``^(a+)+$``) is refused before it
+meets a key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import Deconv2ShuffleError, SpecError, UsageError
 from ..rewrite import WEIGHT_NORM_LAYOUTS
+from .regex_guard import backtracks
 
 # DataParallel, torch.compile, Lightning, and their combinations
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.", "model.module.", "module._orig_mod.", "_orig_mod.module.")
@@ -77,11 +79,23 @@ def compile_pattern(pattern: str, where: str, error: type[Deconv2ShuffleError] =
 
     Returns:
         The compiled pattern.
+
+    Raises:
+        Deconv2ShuffleError: (``error``) an invalid pattern, or one that can backtrack
+            exponentially (see :func:`backtracks`).
     """
     try:
-        return re.compile(pattern)
+        compiled = re.compile(pattern)
     except re.error as e:
         raise error(f"{where}: {pattern!r} is not a valid regular expression ({e})") from None
+    except RecursionError:
+        raise error(f"{where}: the regular expression is nested too deeply") from None
+    if backtracks(pattern):
+        raise error(
+            f"{where}: {pattern!r} repeats a group that can match the same text in several ways (like (a+)+), "
+            "which can take exponential time on some keys; rewrite it without the nested repetition"
+        )
+    return compiled
 
 
 def compile_rule(

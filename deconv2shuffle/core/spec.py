@@ -29,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from ..errors import SpecError
+from .bounds import MAX_GROUPS, MAX_PHASES, MAX_TAPS, IntOrTuple, check_input_shape, check_int, product, short
 from .keys import compile_pattern, compile_rule
 
 if sys.version_info >= (3, 11):
@@ -36,7 +37,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-IntOrTuple = int | tuple[int, ...]
 
 LAYER_KEYS = (
     "source",
@@ -114,27 +114,34 @@ def _where(path: Path | str, line: int | None, key: str) -> str:
     return f"{path}:{line}: {key}" if line else f"{path}: {key}"
 
 
-def _layer_lines(text: str) -> list[int]:
-    return [i + 1 for i, ln in enumerate(text.splitlines()) if re.match(r"\s*\[\[\s*layers\s*\]\]", ln)]
-
-
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
     hint = difflib.get_close_matches(key, list(known), 1)
     return f"; did you mean {hint[0]!r}?" if hint else ""
 
 
-def _check_int(value: Any, where: str, minimum: int) -> IntOrTuple:
-    if isinstance(value, bool) or not isinstance(value, (int, list)):
-        raise SpecError(f"{where} must be an integer or a list of integers, got {value!r}")
-    if isinstance(value, list):
-        if not 1 <= len(value) <= 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise SpecError(f"{where} must be an integer or a list of 1 to 3 integers, got {value!r}")
-        if any(v < minimum for v in value):
-            raise SpecError(f"{where} must be >= {minimum}, got {value!r}")
-        return tuple(value)
-    if value < minimum:
-        raise SpecError(f"{where} must be >= {minimum}, got {value!r}")
-    return value
+class _Lines:
+    """Where things are in the spec text, so messages can name the line of the key at fault."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.layers = [i + 1 for i, ln in enumerate(self.lines) if re.match(r"\s*\[\[\s*layers\s*\]\]", ln)]
+
+    def header(self, name: str) -> int | None:
+        """The line of ``[name]``, if the text has one."""
+        pattern = re.compile(rf"\s*\[\s*{re.escape(name)}\s*\]")
+        return next((i + 1 for i, ln in enumerate(self.lines) if pattern.match(ln)), None)
+
+    def key(self, start: int | None, key: str) -> int | None:
+        """The line of ``key = ...`` in the table whose header is on line ``start`` (``None``:
+        before the first table); else ``start``."""
+        pattern = re.compile(rf"\s*(\"?|'?){re.escape(key)}\1\s*=")
+        for i in range(start or 0, len(self.lines)):
+            line = self.lines[i]
+            if line.lstrip().startswith("["):
+                break
+            if pattern.match(line):
+                return i + 1
+        return start
 
 
 def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
@@ -163,23 +170,24 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
     if version != 1:
         raise SpecError(f"{path}: version = {version!r} is not supported (this tool reads version = 1)")
     geometry = _check_geometry(data.get("geometry"), f"{path}: geometry")
-    layers = _parse_layers(data.get("layers", []), _layer_lines(text), path)
+    lines = _Lines(text)
+    layers = _parse_layers(data.get("layers", []), lines, path)
     return Spec(
         layers=[replace(x, geometry=x.geometry or geometry) for x in layers],
-        rename=_parse_rename(data.get("rename", {}), path),
-        drop=_parse_drop(data.get("drop", []), path),
+        rename=_parse_rename(data.get("rename", {}), lines, path),
+        drop=_parse_drop(data.get("drop", []), lines, path),
         path=Path(path) if path != "<spec>" else None,
-        models=_parse_models(data.get("models", {}), path),
+        models=_parse_models(data.get("models", {}), lines, path),
     )
 
 
-def _parse_layers(layers_raw: Any, lines: list[int], path: Path | str) -> list[LayerSpec]:
+def _parse_layers(layers_raw: Any, lines: _Lines, path: Path | str) -> list[LayerSpec]:
     if not isinstance(layers_raw, list):
         raise SpecError(f"{path}: 'layers' must be an array of tables ([[layers]])")
     layers: list[LayerSpec] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(layers_raw):
-        layer = _parse_layer(raw, i, lines[i] if i < len(lines) else None, path)
+        layer = _parse_layer(raw, i, lines, path)
         if layer.source in seen:
             where = _where(path, layer.line, f"layers[{i}].source")
             raise SpecError(f"{where}: {layer.source!r} is listed twice (also layers[{seen[layer.source]}])")
@@ -188,11 +196,12 @@ def _parse_layers(layers_raw: Any, lines: list[int], path: Path | str) -> list[L
     return layers
 
 
-def _parse_layer(raw: Any, i: int, line: int | None, path: Path | str) -> LayerSpec:
+def _parse_layer(raw: Any, i: int, lines: _Lines, path: Path | str) -> LayerSpec:
     name = f"layers[{i}]"
+    line = lines.layers[i] if i < len(lines.layers) else None
 
     def where(key: str) -> str:
-        return _where(path, line, f"{name}.{key}")
+        return _where(path, lines.key(line, key) if line else None, f"{name}.{key}")
 
     if not isinstance(raw, dict):
         raise SpecError(f"{_where(path, line, name)} must be a table")
@@ -211,11 +220,15 @@ def _parse_layer(raw: Any, i: int, line: int | None, path: Path | str) -> LayerS
     kwargs: dict[str, Any] = {"source": raw["source"], "target": raw.get("target"), "line": line}
     for key, minimum in _MINIMUMS.items():
         if key in raw:
-            kwargs[key] = _check_int(raw[key], where(key), minimum)
+            kwargs[key] = check_int(raw[key], where(key), minimum)
+    for key, limit in (("stride", MAX_PHASES), ("target_kernel_size", MAX_TAPS)):
+        if key in kwargs and product(kwargs[key]) > limit:
+            raise SpecError(f"{where(key)}: the product over the axes must be <= {limit}, got {short(raw[key])}")
+    _check_output_padding(kwargs, where("output_padding"))
     if "groups" in raw:
         g = raw["groups"]
-        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-            raise SpecError(f"{where('groups')} must be an integer >= 1, got {g!r}")
+        if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
+            raise SpecError(f"{where('groups')} must be an integer from 1 to {MAX_GROUPS}, got {short(g)}")
         kwargs["groups"] = g
     if "target_padding" in raw and "target_kernel_size" not in raw:
         raise SpecError(f"{where('target_padding')} needs target_kernel_size too")
@@ -231,38 +244,59 @@ def _check_geometry(value: Any, where: str) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
-def _parse_rename(rename_raw: Any, path: Path | str) -> list[tuple[str, str]]:
+def _check_output_padding(kwargs: dict[str, Any], where: str) -> None:
+    """output_padding must be smaller than the stride or the dilation, on every axis (as in PyTorch)."""
+    if "output_padding" not in kwargs:
+        return
+    axes = (kwargs["output_padding"], kwargs["stride"], kwargs.get("dilation", 1))
+    n = max(len(v) if isinstance(v, tuple) else 1 for v in axes)
+    per_axis = [v if isinstance(v, tuple) else (v,) * n for v in axes]
+    if any(len(v) != n for v in per_axis):
+        return  # differing axis counts are reported where the layer meets its weight
+    for op, stride, dilation in zip(*per_axis, strict=True):
+        if op >= stride and op >= dilation:
+            raise SpecError(
+                f"{where} = {short(kwargs['output_padding'])} must be smaller than the stride or the dilation"
+            )
+
+
+def _parse_rename(rename_raw: Any, lines: _Lines, path: Path | str) -> list[tuple[str, str]]:
+    start = lines.header("rename")
     if not isinstance(rename_raw, dict):
-        raise SpecError(f'{path}: [rename] must be a table of "regex" = "replacement"')
+        raise SpecError(f'{_where(path, start, "rename")} must be a table of "regex" = "replacement"')
     rename: list[tuple[str, str]] = []
     for pattern, repl in rename_raw.items():
+        at = _where(path, lines.key(start, pattern) if start else None, f"rename[{pattern!r}]")
         if not isinstance(repl, str):
-            raise SpecError(f"{path}: rename[{pattern!r}] must be a string replacement")
-        compile_rule(pattern, repl, f"{path}: rename key", SpecError)
+            raise SpecError(f"{at} must be a string replacement")
+        compile_rule(pattern, repl, at, SpecError)
         rename.append((pattern, repl))
     return rename
 
 
-def _parse_drop(drop: Any, path: Path | str) -> list[str]:
+def _parse_drop(drop: Any, lines: _Lines, path: Path | str) -> list[str]:
+    at = _where(path, lines.key(None, "drop"), "drop")
     if not isinstance(drop, list) or not all(isinstance(d, str) for d in drop):
-        raise SpecError(f"{path}: drop must be a list of regex strings")
+        raise SpecError(f"{at} must be a list of regex strings")
     for pattern in drop:
-        compile_pattern(pattern, f"{path}: drop pattern", SpecError)
+        compile_pattern(pattern, f"{at} pattern", SpecError)
     return list(drop)
 
 
-def _parse_models(models: Any, path: Path | str) -> dict[str, Any]:
+def _parse_models(models: Any, lines: _Lines, path: Path | str) -> dict[str, Any]:
+    start = lines.header("models")
     if not isinstance(models, dict):
-        raise SpecError(f"{path}: [models] must be a table with source / target model references")
+        raise SpecError(f"{_where(path, start, 'models')} must be a table with source / target model references")
     for key, value in models.items():
+        at = _where(path, lines.key(start, key) if start else None, f"models.{key}")
         if key not in MODEL_KEYS:
-            raise SpecError(f"{path}: models.{key}: unknown key{_did_you_mean(key, MODEL_KEYS)}")
+            raise SpecError(f"{at}: unknown key{_did_you_mean(key, MODEL_KEYS)}")
         if key in ("source", "target") and (not isinstance(value, str) or ":" not in value):
-            raise SpecError(f"{path}: models.{key} must be 'package.module:Name' or 'file.py:Name', got {value!r}")
+            raise SpecError(f"{at} must be 'package.module:Name' or 'file.py:Name', got {short(value)}")
         if key.endswith("_args") and not isinstance(value, dict):
-            raise SpecError(f"{path}: models.{key} must be a table of constructor arguments")
-        if key == "input_shape" and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
-            raise SpecError(f"{path}: models.input_shape must be a list of integers")
+            raise SpecError(f"{at} must be a table of constructor arguments")
+        if key == "input_shape":
+            check_input_shape(value, at)
     return models
 
 

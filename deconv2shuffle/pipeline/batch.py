@@ -1,193 +1,71 @@
 """batch: convert a folder of checkpoints in one process (or ``jobs`` worker processes).
 
 Each file gets the shared spec/models, or its sidecar spec (``gen.pth`` + ``gen.toml``). A bad
-file is recorded and skipped; outputs that are newer than their input and spec are left alone, so
-a killed batch resumes where it stopped. ``shard=(i, n)`` keeps the files whose path hashes to
-``i`` modulo ``n``: a stable split for array jobs, with no coordinator.
+file is recorded and skipped; an output whose record says it was made from the same input, spec
+and options is left alone (see :mod:`.batch_plan`), so a stopped batch resumes where it stopped.
+``shard=(i, n)`` keeps the files whose path hashes to ``i`` modulo ``n``: a stable split for
+array jobs, with no coordinator.
+
+SIGINT (Ctrl-C) and SIGTERM (what ``timeout``, Slurm and Kubernetes send) stop a batch at once:
+queued files are not started, workers are stopped and remove their temporary files, finished
+outputs stay, and the result so far comes back with ``stopped_by`` set.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from ..core.sources import Sources, load_sources
-from ..errors import Deconv2ShuffleError, SpecError, UsageError
-from .files import ReadOptions, write_json
-from .single import migrate
+from ..core.bounds import check_input_shape, short
+from ..core.keys import KeyRules
+from ..core.verify import DEFAULT_TOLERANCE
+from ..errors import UsageError
+from . import batch_plan as plan
+from .batch_plan import CHECKPOINT_PATTERNS
+from .batch_work import FileResult, Stop, convert_one, run_parallel
+from .files import ReadOptions, check_new_file, write_json
 
-CHECKPOINT_PATTERNS = ("*.pth", "*.pt", "*.bin", "*.ckpt", "*.safetensors", "*.safetensors.index.json")
-_SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-
-
-@dataclass
-class FileResult:
-    """What happened to one file of a batch."""
-
-    input: str
-    output: str
-    status: str  # converted | skipped | failed
-    spec: str | None = None
-    error: str | None = None
-    layers: int = 0
-    max_rel_error: float | None = None
-    exact: bool | None = None
-    seconds: float = 0.0
+__all__ = ["CHECKPOINT_PATTERNS", "BatchResult", "FileResult", "run_batch"]
 
 
 @dataclass
 class BatchResult:
-    """Every file of a batch, in input order, and the time it took."""
+    """Every file of a batch, in input order, and the time it took.
+
+    ``stopped_by`` names the signal (``"SIGINT"``, ``"SIGTERM"``) that stopped the batch; files
+    it stopped or never started have status ``interrupted``.
+    """
 
     input_dir: str
     output_dir: str
     shard: str | None
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
+    stopped_by: str | None = None
 
     def count(self, status: str) -> int:
-        """How many files have ``status`` (converted, skipped or failed)."""
+        """How many files have ``status`` (converted, checked, skipped, failed or interrupted)."""
         return sum(f.status == status for f in self.files)
 
     @property
     def ok(self) -> bool:
-        """No file failed."""
-        return self.count("failed") == 0
+        """No file failed and nothing stopped the batch."""
+        return self.count("failed") == 0 and self.stopped_by is None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, with the counts and ``ok``."""
         data = asdict(self)
-        data.update(
-            converted=self.count("converted"), skipped=self.count("skipped"), failed=self.count("failed"), ok=self.ok
-        )
+        for status in ("converted", "checked", "skipped", "failed", "interrupted"):
+            data[status] = self.count(status)
+        data["ok"] = self.ok
         return data
-
-
-def _stem(path: Path) -> str:
-    """The file name without its checkpoint suffix (``m.safetensors.index.json`` -> ``m``)."""
-    name = path.name
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _sidecar(path: Path) -> Path:
-    """The spec beside a checkpoint: ``gen.pth`` -> ``gen.toml``."""
-    return path.with_name(_stem(path) + ".toml")
-
-
-def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
-    """Validate ``shard=(i, n)``: ``0 <= i < n``."""
-    if shard is None:
-        return None
-    i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise UsageError(f"shard={shard!r}: need 0 <= i < n (i counts from 0)")
-    return i, n
-
-
-def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
-    """Whether the file at relative path ``rel`` belongs to ``shard`` (by a hash of the path)."""
-    if shard is None:
-        return True
-    digest = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big")
-    return digest % shard[1] == shard[0]
-
-
-def _find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> list[Path]:
-    """Checkpoint files under ``root`` (shards listed by an index count as part of that index)."""
-    if not root.is_dir():
-        raise SpecError(f"{root}: not a folder")
-    found: set[Path] = set()
-    for pattern in patterns:
-        found.update(p for p in (root.rglob(pattern) if recursive else root.glob(pattern)) if p.is_file())
-    shards: set[Path] = set()
-    for p in found:
-        if p.name.endswith(".index.json"):
-            try:
-                weight_map = json.loads(p.read_text()).get("weight_map", {})
-                shards.update(p.parent / s for s in weight_map.values() if isinstance(s, str))
-            except (OSError, ValueError, AttributeError):
-                pass  # a broken index is reported when it is converted
-    return sorted((p for p in found - shards if not p.name.startswith(".")), key=lambda p: str(p.relative_to(root)))
-
-
-def _output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
-    """Where ``src`` is written: the same relative path under ``out_dir``, with ``to``'s extension."""
-    rel = src.relative_to(in_dir)
-    dst = out_dir / rel
-    if to == "same":
-        return dst
-    ext = {"safetensors": ".safetensors", "pth": ".pth"}[to]
-    return dst.with_name(_stem(src) + ext)
-
-
-def _up_to_date(src: Path, dst: Path, spec: Path | None) -> bool:
-    """Whether ``dst`` is newer than its input and spec."""
-    if not dst.exists():
-        return False
-    newest = src.stat().st_mtime
-    if spec is not None and spec.exists():
-        newest = max(newest, spec.stat().st_mtime)
-    return dst.stat().st_mtime >= newest
-
-
-_SOURCES: dict[tuple[Any, ...], Sources] = {}  # per process: a spec or model shared by many files is loaded once
-
-
-def _sources_for(job: dict[str, Any]) -> Sources:
-    names = ("spec", "source_model", "target_model", "source_args", "target_args")
-    args: list[Any] = [job.get(n) for n in names]
-    key = (*args, Path(args[0]).stat().st_mtime_ns if args[0] and Path(args[0]).is_file() else None)
-    if key not in _SOURCES:
-        _SOURCES[key] = load_sources(*args)
-    return _SOURCES[key]
-
-
-def _convert_one(job: dict[str, Any]) -> FileResult:
-    """Convert one file; every failure becomes a failed FileResult with the one-line message.
-
-    Args:
-        job: ``input``, ``output``, ``spec``, the model references, and :func:`migrate`'s options
-            (plain data, so it can be sent to a worker process).
-
-    Returns:
-        The file's result.
-    """
-    start = time.perf_counter()
-    src, dst = Path(job["input"]), Path(job["output"])
-    result = FileResult(input=str(src), output=str(dst), status="failed", spec=job.get("spec"))
-    try:
-        sources = _sources_for(job)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        report = migrate(
-            src,
-            dst,
-            sources=sources,
-            approx=job.get("approx", False),
-            force=True,
-            trust_pickle=job.get("trust_pickle", False),
-            allow_globals=job.get("allow_globals", ()),
-            state_dict_key=job.get("state_dict_key"),
-        )
-        result.status = "converted"
-        result.layers = len(report.layers)
-        result.exact = all(layer.exact for layer in report.layers)
-        result.max_rel_error = max((layer.max_rel_error for layer in report.layers), default=0.0)
-    except Deconv2ShuffleError as e:
-        result.error = str(e)
-    except Exception as e:  # one broken file must not stop the batch
-        result.error = f"unexpected {type(e).__name__}: {e}"
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def run_batch(
@@ -209,6 +87,14 @@ def run_batch(
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
     state_dict_key: str | None = None,
+    rename: Sequence[tuple[str, str]] = (),
+    drop: Sequence[str] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+    input_shape: Sequence[int] | None = None,
+    allow_missing: bool = False,
+    drop_unexpected: bool = False,
+    hash_source: bool = True,
+    dry_run: bool = False,
     report_path: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
@@ -219,23 +105,31 @@ def run_batch(
         in_dir: the folder of checkpoints (never written to).
         out_dir: the folder for the results; must differ from ``in_dir``.
         spec, source_model, target_model, source_args, target_args: for every file; without
-            them each file needs a sidecar spec (``gen.pth`` + ``gen.toml``).
+            them each file needs a sidecar spec (``gen.pth`` + ``gen.toml``). Models given here
+            replace a sidecar's ``[models]`` table, whose files are then never imported.
         patterns: file name patterns to convert.
         recursive: descend into subfolders.
         jobs: worker processes.
-        force: redo outputs that are already newer than their input and spec.
+        force: redo outputs that are up to date, and replace outputs this batch did not write.
         shard: ``(i, n)``: convert only the files whose path hashes to ``i`` modulo ``n``.
-        approx, trust_pickle, allow_globals, state_dict_key: as for :func:`migrate`.
+        approx, trust_pickle, allow_globals, state_dict_key, rename, drop, tolerance,
+            input_shape, allow_missing, drop_unexpected, hash_source: as for :func:`migrate`,
+            for every file.
         to: output format: ``"same"``, ``"safetensors"`` or ``"pth"``.
-        report_path: also write the result as JSON here.
+        dry_run: convert and verify every file, write no checkpoint (status ``checked``).
+        report_path: also write the result as JSON here (also when interrupted); checked like an
+            output before any work: never a file the batch reads or writes, never a non-regular
+            file, an existing file only with ``force``.
         on_start: called with the number of files before the work starts.
         on_file: called with each file's result as it finishes.
 
     Returns:
         The :class:`BatchResult`; a failed file is recorded there and does not stop the others.
+        SIGINT or SIGTERM stop the batch: the result so far comes back with ``stopped_by`` set.
 
     Raises:
-        UsageError: bad ``to``, ``jobs``, ``shard``, or ``out_dir`` equal to ``in_dir``.
+        UsageError: bad ``to``, ``jobs``, ``shard``, pattern or shape, ``out_dir`` equal to
+            ``in_dir``, or a report path that must not be written.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if to not in ("same", "safetensors", "pth"):
@@ -246,16 +140,10 @@ def run_batch(
         raise UsageError(
             f"{out_dir}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
-    chosen = _check_shard(shard)
+    chosen = plan.check_shard(shard)
     ReadOptions.make(state_dict_key, trust_pickle, allow_globals)  # validated once, before any file
-    start = time.perf_counter()
-    out_dir_r = out_dir.resolve()
-    files = [
-        p
-        for p in _find_checkpoints(in_dir, patterns, recursive)
-        if _in_shard(str(p.relative_to(in_dir)), chosen) and not p.resolve().is_relative_to(out_dir_r)
-    ]
-    result = BatchResult(str(in_dir), str(out_dir), None if chosen is None else f"{chosen[0]}/{chosen[1]}")
+    KeyRules.make(rename, drop)
+    shape = None if not input_shape else check_input_shape(input_shape, f"input_shape={short(input_shape)}", UsageError)
     common = {
         "source_model": source_model,
         "target_model": target_model,
@@ -265,20 +153,55 @@ def run_batch(
         "trust_pickle": trust_pickle,
         "allow_globals": list(allow_globals),
         "state_dict_key": state_dict_key,
+        "rename": [list(r) for r in rename],
+        "drop": list(drop),
+        "tolerance": tolerance,
+        "input_shape": None if shape is None else list(shape),
+        "allow_missing": allow_missing,
+        "drop_unexpected": drop_unexpected,
+        "hash_source": hash_source,
+        "dry_run": dry_run,
     }
-    todo = _plan_jobs(files, in_dir, out_dir, to, spec, force, common, result)
-    if on_start:
-        on_start(len(files))
-    for r in result.files:
-        if on_file:
-            on_file(r)
-    result.files.extend(_run_jobs(todo, jobs, on_file))
+    start = time.perf_counter()
+    result = BatchResult(str(in_dir), str(out_dir), None if chosen is None else f"{chosen[0]}/{chosen[1]}")
+    result.dry_run = dry_run
+    files: list[Path] = []
+    report_checks: dict[str, Any] | None = None  # set once the report's place is checked
+    with _stop_on_signals():
+        try:
+            files = _select(in_dir, out_dir, patterns, recursive, chosen)
+            todo = _plan_jobs(files, in_dir, out_dir, to, spec, force, common, result)
+            if report_path is not None:
+                report_checks = _check_report(report_path, files, spec, todo, result, common, force)
+            if on_start:
+                on_start(len(files))
+            for r in result.files:
+                if on_file:
+                    on_file(r)
+            _run_jobs(todo, jobs, result, on_file)
+        except Stop as stop:
+            result.stopped_by = signal.Signals(stop.signum).name
     order = {str(p): i for i, p in enumerate(files)}
     result.files.sort(key=lambda f: order.get(f.input, 0))
     result.seconds = time.perf_counter() - start
-    if report_path is not None:
-        write_json(report_path, result.to_dict())
+    if report_path is not None and report_checks is not None:
+        try:
+            write_json(report_path, result.to_dict(), **report_checks)
+        except Exception:
+            if result.stopped_by is None:
+                raise  # interrupted, the summary still gets printed; the report error is secondary
     return result
+
+
+def _select(
+    in_dir: Path, out_dir: Path, patterns: Iterable[str], recursive: bool, shard: tuple[int, int] | None
+) -> list[Path]:
+    out_dir_r = out_dir.resolve()
+    return [
+        p
+        for p in plan.find_checkpoints(in_dir, patterns, recursive)
+        if plan.in_shard(str(p.relative_to(in_dir)), shard) and not p.resolve().is_relative_to(out_dir_r)
+    ]
 
 
 def _plan_jobs(
@@ -291,36 +214,109 @@ def _plan_jobs(
     common: dict[str, Any],
     result: BatchResult,
 ) -> list[dict[str, Any]]:
-    """A job per file to convert; files without a spec, and those up to date, go straight into ``result``."""
+    """A job per file to convert; files that cannot be, and those up to date, go straight into ``result``."""
     shared = spec is not None or common["source_model"] is not None
+    pairs = [(src, plan.output_path(src, in_dir, out_dir, to)) for src in files]
+    specs = {src: Path(spec) if spec is not None else plan.sidecar(src) for src in files}
+    reads = [*files, *(s for p in files for s in plan.index_shards(p)), *specs.values()]
+    refused = plan.collisions(pairs, reads)
     todo: list[dict[str, Any]] = []
-    for src in files:
-        dst = _output_path(src, in_dir, out_dir, to)
-        spec_path = Path(spec) if spec is not None else (_sidecar(src) if _sidecar(src).exists() else None)
-        if not shared and spec_path is None:
-            error = f"{src}: no spec; add {_sidecar(src).name} beside it or pass spec='spec.toml' for every file"
-            result.files.append(FileResult(str(src), str(dst), "failed", error=error))
-        elif not force and _up_to_date(src, dst, spec_path):
-            result.files.append(FileResult(str(src), str(dst), "skipped", spec=str(spec_path) if spec_path else None))
+    for src, dst in pairs:
+        spec_path = specs[src] if spec is not None or specs[src].exists() else None
+        spec_text = str(spec_path) if spec_path else None
+        job = {"input": str(src), "output": str(dst), "spec": spec_text, "sidecar": spec is None, **common}
+        job["record"] = str(plan.record_path(dst, out_dir))
+        record = None if common["dry_run"] else plan.read_record(Path(job["record"]))
+        error = refused.get(src)
+        if error is None and not shared and spec_path is None:
+            error = f"{src}: no spec; add {plan.sidecar(src).name} beside it or pass spec='spec.toml' for every file"
+        if error is None and not force and not common["dry_run"] and record is None and dst.exists():
+            error = f"{dst}: already exists and no record says this batch wrote it; pass force=True to replace it"
+        if error is not None:
+            result.files.append(FileResult(str(src), str(dst), "failed", spec=spec_text, error=error))
+        elif not force and plan.up_to_date(job, record):
+            result.files.append(FileResult(str(src), str(dst), "skipped", spec=spec_text))
         else:
-            spec_text = str(spec_path) if spec_path else None
-            todo.append({"input": str(src), "output": str(dst), "spec": spec_text, **common})
+            todo.append({**job, "force": force or record is not None, "claim": record is None})
     return todo
 
 
-def _run_jobs(todo: list[dict[str, Any]], jobs: int, on_file: Callable[[FileResult], None] | None) -> list[FileResult]:
-    done: list[FileResult] = []
+def _read_files(result: BatchResult, spec: str | Path | None, common: dict[str, Any]) -> list[Path]:
+    """Every file the batch reads (for the report check)."""
+    out: list[Path] = []
+    for f in result.files:
+        src = Path(f.input)
+        job = {"input": f.input, "spec": f.spec, **common}
+        out += [*plan.job_inputs(job), plan.sidecar(src)]
+    return [*out, *([Path(spec)] if spec else [])]
+
+
+def _check_report(
+    path: str | Path,
+    files: list[Path],
+    spec: str | Path | None,
+    todo: list[dict[str, Any]],
+    result: BatchResult,
+    common: dict[str, Any],
+    force: bool,
+) -> dict[str, Any]:
+    """The report must not replace a file the batch reads or writes (checked before any work).
+
+    Returns:
+        The checks to repeat when the report is written (:func:`publish_file`'s keywords).
+    """
+    planned = [FileResult(j["input"], j["output"], "planned", spec=j["spec"]) for j in todo]
+    everything = BatchResult(result.input_dir, result.output_dir, None, [*result.files, *planned])
+    inputs = [*files, *_read_files(everything, spec, common)]
+    outputs = [Path(f.output) for f in everything.files]
+    outputs += [plan.record_path(p, Path(result.output_dir)) for p in outputs]
+    check_new_file(path, inputs=inputs, outputs=outputs, force=force)
+    return {"inputs": inputs, "outputs": outputs, "force": force}
+
+
+def _run_jobs(
+    todo: list[dict[str, Any]], jobs: int, result: BatchResult, on_file: Callable[[FileResult], None] | None
+) -> None:
+    """Run the jobs, adding each result as it finishes; on a stop, the rest are marked interrupted."""
+    done: set[str] = set()
 
     def finished(r: FileResult) -> None:
-        done.append(r)
+        result.files.append(r)
+        done.add(r.input)
         if on_file:
             on_file(r)
 
-    if jobs == 1 or len(todo) <= 1:
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for job in todo:
+                finished(convert_one(job))
+        else:
+            run_parallel(todo, jobs, finished)
+    except Stop:
         for job in todo:
-            finished(_convert_one(job))
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(_convert_one, job) for job in todo]):
-                finished(fut.result())
-    return done
+            if job["input"] not in done:
+                note = "stopped before it finished; partial output removed; the next run converts it"
+                result.files.append(FileResult(job["input"], job["output"], "interrupted", job["spec"], note=note))
+        raise
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Within: the first SIGINT or SIGTERM raises :class:`Stop` in the main thread; later ones are
+    ignored while the batch stops. Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum: int, _frame: object) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise Stop(signum)
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

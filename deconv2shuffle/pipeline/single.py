@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..checkpoint import TORCH_ZIP, Checkpoint, check_output, output_format, save_checkpoint
+from ..core.bounds import check_input_shape, short
 from ..core.convert import Conversion, convert_state_dict
 from ..core.keys import KeyRules
 from ..core.optimizer import remap_container
@@ -23,7 +24,7 @@ from ..core.verify import DEFAULT_TOLERANCE, Tolerance, end_to_end
 from ..errors import Deconv2ShuffleError, UsageError, VerificationError
 from ..geometry import Mode
 from ..report import MigrationReport
-from .files import ReadOptions, write_report
+from .files import ReadOptions, check_new_file, write_report
 
 
 def migrate(
@@ -64,12 +65,15 @@ def migrate(
         state_dict_key: the top-level entry holding the weights (default: found).
         trust_pickle: UNSAFE: let the pickle run any code. Only for files you trust.
         allow_globals: globals (``"module.Name"``) the pickle may use besides tensors and containers.
-        force: replace an existing output (atomically), even the input itself.
+        force: replace an existing output (atomically), even the input itself, and an existing
+            report file.
         tolerance: max relative float64 error of each converted layer.
         input_shape: the model input for the end-to-end check (default: the spec's, else guessed).
         allow_missing: accept target keys the checkpoint cannot fill.
         drop_unexpected: leave out keys the target model does not have.
-        report_path: also write the report here (``.json`` or Markdown), on failure too.
+        report_path: also write the report here (``.json`` or Markdown), on failure too; checked
+            before any work like an output: never an input or the output of the run, never a
+            non-regular file, and an existing file only with ``force``.
         hash_source: record the source's sha256 in safetensors metadata (costs one full read).
         geometry: the exact form of layers no target model or spec fixes: ``"minimal"`` (the
             fewest multiply-adds, what ``convert_model`` builds), ``"tight"`` or ``"symmetric"``.
@@ -82,7 +86,9 @@ def migrate(
             holds the failed run's report as plain data.
     """
     src, out = Path(src), None if dst is None else Path(dst)
+    place = _ReportPlace(report_path, [src, *_named_files(spec, source_model, target_model)], out, force)
     try:
+        place.check()  # before any work: the report must not replace an input, the output, or a file
         shape = _input_shape(input_shape)
         KeyRules.make(rename, drop)  # a bad pattern fails before any file is read
         reading = ReadOptions.make(state_dict_key, trust_pickle, allow_globals)
@@ -90,20 +96,67 @@ def migrate(
             sources = load_sources(spec, source_model, target_model, source_args, target_args)
         elif any(v is not None for v in (spec, source_model, target_model)):
             raise UsageError("give sources=... or spec= / source_model= / target_model=, not both")
+        place.add_inputs(_source_files(sources))
         how = _Settings(
             approx, tuple(rename), tuple(drop), force, tolerance, allow_missing, drop_unexpected, hash_source, geometry
         )
-        report = _run(src, out, sources, reading, shape, how)
+        report = _run(src, out, sources, reading, shape, how, place)
     except Deconv2ShuffleError as e:
         failed = MigrationReport(source_file=str(src), output_file=None if out is None else str(out), notes=[str(e)])
         e.report = failed.failure(str(e), e.exit_code)
-        if report_path is not None:
-            with contextlib.suppress(Deconv2ShuffleError, OSError):  # the original error is the one to see
-                write_report(failed, report_path, str(e), e.exit_code)
+        with contextlib.suppress(Deconv2ShuffleError, OSError):  # the original error is the one to see
+            place.write(failed, str(e), e.exit_code)
         raise
-    if report_path is not None:
-        write_report(report, report_path)
+    place.write(report)
     return report
+
+
+class _ReportPlace:
+    """Where the report goes, checked like an output: never an input or the output of the run,
+    never a non-regular file, never an existing file without ``force``."""
+
+    def __init__(self, path: str | Path | None, inputs: list[Path], out: Path | None, force: bool) -> None:
+        self.path = None if path is None else Path(path)
+        self.inputs, self.outputs, self.force = list(inputs), [] if out is None else [out], force
+        self.checked = False
+
+    def add_inputs(self, paths: Sequence[Path]) -> None:
+        self.inputs.extend(paths)
+        self.check()
+
+    def check(self) -> None:
+        self.checked = False
+        if self.path is not None:
+            check_new_file(self.path, inputs=self.inputs, outputs=self.outputs, force=self.force)
+            self.checked = True
+
+    def write(self, report: MigrationReport, error: str | None = None, exit_code: int = 0) -> None:
+        """Write the report, unless its place was refused (a refused place is never written to)."""
+        if self.path is not None and self.checked:
+            outputs = [*self.outputs, *map(Path, report.written)]
+            write_report(report, self.path, error, exit_code, inputs=self.inputs, outputs=outputs, force=self.force)
+
+
+def _ref_file(ref: str | None) -> list[Path]:
+    """The Python file a model reference names (``"dir/m.py:Name"`` -> ``dir/m.py``), if it names one."""
+    where = (ref or "").rpartition(":")[0]
+    return [Path(where)] if where.endswith(".py") else []
+
+
+def _named_files(spec: str | Path | None, source_model: str | None, target_model: str | None) -> list[Path]:
+    return [*([Path(spec)] if spec else []), *_ref_file(source_model), *_ref_file(target_model)]
+
+
+def _source_files(sources: Sources) -> list[Path]:
+    """The files a run's sources came from: the spec, and the model files it names."""
+    spec = sources.spec
+    if spec is None:
+        return []
+    return [
+        *([spec.path] if spec.path else []),
+        *_ref_file(spec.model_ref("source")),
+        *_ref_file(spec.model_ref("target")),
+    ]
 
 
 @dataclass(frozen=True)
@@ -122,18 +175,23 @@ class _Settings:
 
 
 def _input_shape(value: Sequence[int] | None) -> tuple[int, ...] | None:
-    if value is None:
+    if value is None or (not isinstance(value, str) and len(value) == 0):
         return None
-    if isinstance(value, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise UsageError(f"input_shape={value!r}: expected positive integers like (1, 3, 64, 64)")
-    return tuple(value) or None
+    return check_input_shape(value, f"input_shape={short(value)}", UsageError)
 
 
 def _run(
-    src: Path, out: Path | None, sources: Sources, reading: ReadOptions, shape: tuple[int, ...] | None, how: _Settings
+    src: Path,
+    out: Path | None,
+    sources: Sources,
+    reading: ReadOptions,
+    shape: tuple[int, ...] | None,
+    how: _Settings,
+    place: _ReportPlace,
 ) -> MigrationReport:
     """load -> convert -> verify -> save."""
     ckpt = reading.load(src)
+    place.add_inputs(ckpt.files)  # a sharded input's shards too
     source_hash = _prepare_output(ckpt, out, how)
     conversion = _convert(ckpt, sources, how, str(src))
     report = conversion.report
