@@ -259,7 +259,11 @@ def test_batch_treats_an_index_and_its_shards_as_one_checkpoint(tmp_path, cli):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [os.path.basename(f["input"]) for f in data["files"]] == ["m.safetensors.index.json"]
-    assert listing(tmp_path / "out") == ["m-1.safetensors", "m-2.safetensors", "m.safetensors.index.json"]
+    assert listing(tmp_path / "out") == [
+        "m-00001-of-00002.safetensors",
+        "m-00002-of-00002.safetensors",
+        "m.safetensors.index.json",
+    ]
 
 
 def test_batch_with_a_missing_shared_spec_fails_each_file_cleanly(tmp_path, cli):
