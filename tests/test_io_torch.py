@@ -111,3 +111,17 @@ def test_containers_of_plain_values_load(tmp_path):
     torch.save({"state_dict": small_state(), **extras}, path)
     ck = load_checkpoint(path)
     assert {k: ck.container[k] for k in extras} == extras
+
+
+def test_a_trusted_container_nested_too_deep_to_write_is_one_line(tmp_path):
+    from hostile.torch_files import _deep_list
+
+    path = tmp_path / "deep.pth"
+    torch.save({"state_dict": small_state(), "deep": []}, path)
+    ck = load_checkpoint(path, trust_pickle=True)
+    import pickle
+
+    ck.container["deep"] = pickle.loads(_deep_list(200_000))  # what a trusted file could hold
+    with pytest.raises(CheckpointError, match=r"nests too deeply to be written\); nothing was written"):
+        save_checkpoint(tmp_path / "out.pth", ck.state_dict, like=ck)
+    assert listing(tmp_path) == ["deep.pth"]

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from .tempfiles import (
     fsync_folder,
     name_max,
     new_file_mode,
+    remove_if_same,
     sigterm_as_interrupt,
     sweep,
     temp_path,
@@ -55,6 +57,13 @@ class Sink:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -153,6 +162,7 @@ class FileSet:
         self._published: list[Path] = []
         self._journal: Path | None = None
         self._committed = False
+        self._last_inode = -1
         self._swept: set[Path] = set()
         self._signals = sigterm_as_interrupt()
 
@@ -195,6 +205,7 @@ class FileSet:
                 f"{show(dest)}: cannot create a file in {show(dest.parent)} ({describe_os_error(e)})"
             ) from None
         self._pending.append((dest, tmp, guard, replaceable))
+        self._last_inode = os.fstat(fd).st_ino
         try:
             with os.fdopen(fd, "wb") as f, _WriteBehind(fd):
                 yield Sink(f, tmp)
@@ -207,32 +218,41 @@ class FileSet:
         if check is not None:
             check(tmp)
 
-    def commit(self) -> list[Path]:
-        """Publish every file in order (a journal first when there are several); returns the destinations."""
-        if len(self._pending) > 1:
-            index = self._pending[-1][0]
-            self._journal = temp_path(index, journal=True)
-            shards = {d.name: os.stat(t).st_ino for d, t, *_ in self._pending[:-1] if d.parent == index.parent}
-            write_journal(self._journal, index.name, shards)
+    def commit(self, obsolete: Sequence[Path] = ()) -> list[Path]:
+        """Publish every file in order, then remove ``obsolete`` files (the shards of an index just replaced).
+        Several files, or obsolete ones, get a journal first, so that the leftovers of a run killed halfway
+        are removed by the next one. Returns the destinations."""
+        last = self._pending[-1][0]
+        old = {p.name: st.st_ino for p in obsolete if p.parent == last.parent and (st := _stat(p)) is not None}
+        if len(self._pending) > 1 or old:
+            self._journal = temp_path(last, journal=True)
+            shards = {d.name: os.stat(t).st_ino for d, t, *_ in self._pending[:-1] if d.parent == last.parent}
+            write_journal(self._journal, last.name, shards, old)
         try:
-            for dest, tmp, guard, replaceable in self._pending:
-                self._publish(dest, tmp, guard, replaceable)
-                self._published.append(dest)
+            with _signals_held():  # Ctrl-C or SIGTERM lands before or after the whole set, not inside it
+                for dest, tmp, guard, replaceable in self._pending:
+                    self._publish(dest, tmp, guard, replaceable)
+                    self._published.append(dest)
+                self._committed = True
         except OSError as e:
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(
                 f"{show(dest)}: cannot publish ({describe_os_error(e)}); nothing was written"
             ) from None
-        self._committed = True
         for folder in {d.parent for d in self._published}:
             fsync_folder(folder)
+        published = {d.name for d in self._published}
+        for name, inode in old.items():
+            remove_if_same(last.parent / name, inode, keep=published)
         if self._journal is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._journal)
         return list(self._published)
 
     def _publish(self, dest: Path, tmp: Path, protect: list[Path], inputs: list[Path]) -> None:
+        if not self.force and os.path.lexists(dest):  # absent when writing began: another run made it since
+            raise OutputExistsError(_APPEARED.format(show(dest)))
         _check_existing(dest, force=self.force, protect=protect, inputs=inputs)
         try:
             mode = stat.S_IMODE(os.stat(dest).st_mode) & 0o777 if self.force else new_file_mode()
@@ -245,6 +265,8 @@ class FileSet:
             _link_no_replace(tmp, dest)
 
     def _rollback(self) -> None:
+        if self._pending and _same_file(self._pending[-1][0], self._last_inode):
+            return  # the last file is in place: the set is committed (a journal, if any, finishes the rest)
         for path in [t for _, t, *_ in self._pending] + self._published:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -254,14 +276,35 @@ class FileSet:
                 os.unlink(self._journal)
 
 
+def _same_file(path: Path, inode: int) -> bool:
+    st = _stat(path)
+    return st is not None and st.st_ino == inode
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (they are delivered when the block ends) where the platform allows."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_APPEARED = "{}: appeared while this run was writing it; left it alone (pass force=True to replace it)"
+
+
 def _link_no_replace(tmp: Path, dest: Path) -> None:
     """Publish ``tmp`` as ``dest`` unless ``dest`` exists, atomically; then drop the temporary name."""
     try:
         os.link(tmp, dest)
     except FileExistsError:
-        raise OutputExistsError(
-            f"{show(dest)}: appeared while this run was writing it; left it alone (pass force=True to replace it)"
-        ) from None
+        raise OutputExistsError(_APPEARED.format(show(dest))) from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
             raise
@@ -279,11 +322,11 @@ def _rename_no_replace(tmp: Path, dest: Path) -> None:
             return
         err = ctypes.get_errno()
         if err == errno.EEXIST:
-            raise OutputExistsError(f"{show(dest)}: appeared while this run was writing it; left it alone")
+            raise OutputExistsError(_APPEARED.format(show(dest)))
         if err not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(err, os.strerror(err))
     if os.path.lexists(dest):  # last resort: check, then rename (a small race window remains)
-        raise OutputExistsError(f"{show(dest)}: appeared while this run was writing it; left it alone")
+        raise OutputExistsError(_APPEARED.format(show(dest)))
     os.rename(tmp, dest)
 
 

@@ -125,11 +125,12 @@ def _write_failed(out: Path, e: BaseException) -> CheckpointError:
         why = describe_os_error(e)
     elif isinstance(e, RecursionError):
         why = "the checkpoint nests too deeply to be written"
+    elif "unexpected pos" in str(e):  # torch's zip writer when a write came up short
+        why = "torch.save could not write the whole file; is the disk full or a file size limit set?"
     else:
         why = f"torch.save: {first_line(str(e), 120)}"
-        free = shutil.disk_usage(out.parent).free if out.parent.exists() else None
-        if free is not None and free < (1 << 20):
-            why += "; the disk is full"
+    if out.parent.exists() and shutil.disk_usage(out.parent).free < (1 << 20):
+        why += "; the disk is full"
     return CheckpointError(f"{show(out)}: write failed ({why}); nothing was written")
 
 

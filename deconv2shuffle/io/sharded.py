@@ -14,11 +14,9 @@ longer uses are removed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +36,9 @@ def read_index(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
     the index's folder."""
     try:
         with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{show(path)}: a sharded index over {MAX_HEADER_BYTES} bytes; refusing it")
             raw = f.read(MAX_HEADER_BYTES + 1)
-        if len(raw) > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{show(path)}: a sharded index larger than {MAX_HEADER_BYTES} bytes; refusing it")
         index = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{show(path)}: not a valid safetensors index ({show(str(e))[:160]})") from None
@@ -197,16 +195,6 @@ def save_sharded(
         index["weight_map"] = weight_map
         with files.write(out, protect=list(protect), inputs=inputs) as f:
             f.write(json.dumps(index, indent=2).encode())
-        published = files.commit()
-    _remove_unused(replaced, set(names))
+        # the replaced index's shards that the new one does not use go once it is in place
+        published = files.commit(obsolete=[p for p in replaced if p.name not in names])
     return [published[-1], *published[:-1]]
-
-
-def _remove_unused(replaced: list[Path], used: set[str]) -> None:
-    """After a forced replacement: the replaced index's shards the new one does not use are removed."""
-    for path in replaced:
-        if path.name in used:
-            continue
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.unlink(path)

@@ -20,7 +20,7 @@ import secrets
 import signal
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -100,9 +100,11 @@ def sweep(folder: Path) -> list[Path]:
     return removed
 
 
-def write_journal(path: Path, index: str, shards: dict[str, int]) -> None:
-    """Record, durably, the shards (name -> inode) a sharded write is about to publish before ``index``."""
-    data = json.dumps({"deconv2shuffle-journal": 1, "index": index, "shards": shards}).encode()
+def write_journal(path: Path, index: str, shards: dict[str, int], obsolete: dict[str, int] | None = None) -> None:
+    """Record, durably, the shards (name -> inode) a sharded write is about to publish before ``index``, and
+    the files (name -> inode) it removes once ``index`` is in place."""
+    record = {"deconv2shuffle-journal": 1, "index": index, "shards": shards, "obsolete": obsolete or {}}
+    data = json.dumps(record).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
@@ -113,29 +115,37 @@ def write_journal(path: Path, index: str, shards: dict[str, int]) -> None:
 
 
 def _undo_journal(journal: Path) -> list[Path]:
-    """Remove the shards a dead run published, unless its index made it into place (then they are in use)."""
+    """Finish a dead run's sharded write one way or the other: its index did not make it into place, so the
+    shards it published go; or it did, so the files it meant to remove afterwards go."""
     try:
         with journal.open("rb") as f:
             record = json.loads(f.read(_MAX_JOURNAL_BYTES))
-        index, shards = record["index"], record["shards"]
-        if not isinstance(index, str) or not isinstance(shards, dict):
+        index, shards, obsolete = record["index"], record["shards"], record.get("obsolete", {})
+        if not isinstance(index, str) or not isinstance(shards, dict) or not isinstance(obsolete, dict):
             return []
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return []
     in_use = _shards_in_use(journal.parent / index)
     if in_use is None:  # an index that cannot be read may still use them: keep them
         return []
-    removed = []
-    for name, inode in shards.items():
-        if not isinstance(name, str) or "/" in name or name in in_use or name in (".", ".."):
-            continue
-        path = journal.parent / name
-        with contextlib.suppress(OSError):
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and st.st_ino == inode:  # still the file that run made
-                os.unlink(path)
-                removed.append(path)
-    return removed
+    committed = bool(shards) and set(shards) <= in_use
+    doomed = obsolete if committed else shards
+    return [p for name, inode in doomed.items() if (p := remove_if_same(journal.parent / name, inode, keep=in_use))]
+
+
+def remove_if_same(path: Path, inode: object, keep: Collection[str] = ()) -> Path | None:
+    """Remove ``path`` if it is still the regular file with that inode and its name is not in ``keep``."""
+    name = path.name
+    if not isinstance(inode, int) or name in keep or name in ("", ".", "..") or "/" in name:
+        return None
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_ino == inode:
+            os.unlink(path)
+            return path
+    except OSError:
+        pass
+    return None
 
 
 def _shards_in_use(index: Path) -> set[str] | None:
