@@ -102,6 +102,9 @@ def _names(root: Path, add) -> None:
     folder = _case(root, "same")
     src = good(folder)
     add("name: output is the input, without --force", src, src, names=src)
+    folder = _case(root, "fifo input")
+    os.mkfifo(folder / "in.pth")
+    add("name: input is a FIFO", folder / "in.pth", folder / "out.pth")
     folder = _case(root, "escape")
     src = folder / "in\x1b]0;pwned\x07\nput.pth"
     torch_files.CASES["os.system"][0](src)
@@ -147,7 +150,8 @@ def test_the_corpus_is_large(reports):
     + ["safetensors: header over 100 MB", "index: shard linked from outside", "index: JSON nested 100k deep"]
     + ["index: over 100 MB", "index: not UTF-8", "name: newline in the output name", "name: 256-byte output name"]
     + ["name: output is a FIFO, with --force", "name: output is a folder, with --force"]
-    + ["name: output is the input, without --force", "name: escape codes in the input name"],
+    + ["name: output is the input, without --force", "name: escape codes in the input name"]
+    + ["name: input is a FIFO"],
 )
 def test_each_case_is_one_line_exit_2_nothing_written(reports, name):
     found, about = reports

@@ -6,6 +6,7 @@ Nothing here imports torch: the command line reaches this module at ``--help`` t
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def sniff(path: Path) -> str:
     from ..errors import CheckpointError
 
     try:
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise CheckpointError(
+                f"{show(path)}: is not a regular file (a FIFO, socket or device); give a checkpoint file"
+            )
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(64)

@@ -212,8 +212,6 @@ class FileSet:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            if isinstance(e, CheckpointError):
-                raise
             raise CheckpointError(f"{show(dest)}: write failed ({describe_os_error(e)}); nothing was written") from None
         if check is not None:
             check(tmp)
@@ -222,6 +220,9 @@ class FileSet:
         """Publish every file in order, then remove ``obsolete`` files (the shards of an index just replaced).
         Several files, or obsolete ones, get a journal first, so that the leftovers of a run killed halfway
         are removed by the next one. Returns the destinations."""
+        if not self._pending:
+            self._committed = True
+            return []
         last = self._pending[-1][0]
         old = {p.name: st.st_ino for p in obsolete if p.parent == last.parent and (st := _stat(p)) is not None}
         if len(self._pending) > 1 or old:
@@ -235,8 +236,6 @@ class FileSet:
                     self._published.append(dest)
                 self._committed = True
         except OSError as e:
-            if isinstance(e, CheckpointError):
-                raise
             raise CheckpointError(
                 f"{show(dest)}: cannot publish ({describe_os_error(e)}); nothing was written"
             ) from None

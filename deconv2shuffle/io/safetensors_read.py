@@ -96,8 +96,6 @@ def read_safetensors(path: Path) -> SafetensorsData:
             tensors = _views(path, keys, f.get_tensor)
     except CheckpointError:
         raise
-    except (MemoryError, RecursionError) as e:
-        raise _fail(path, e) from None
     except Exception as e:  # SafetensorError, and whatever torch raises on a shape the library let through
         raise _fail(path, e) from None
     if LEGACY_ALIASES_KEY in metadata:

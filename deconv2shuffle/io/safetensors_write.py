@@ -37,6 +37,8 @@ _RANK = {
     )
 }
 
+_LITTLE = sys.byteorder == "little"
+
 # Same-width integer views, for byte-swapping on a big-endian host (complex: per float component).
 _SWAP_AS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
@@ -83,6 +85,8 @@ def _header(placed: list[tuple[str, torch.Tensor, int, int]], metadata: Mapping[
 def _le_bytes(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
+    if _LITTLE and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous():
+        return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # common case
     flat = t.detach().cpu().contiguous().reshape(-1)
     if sys.byteorder == "big" and flat.element_size() > 1:
         part = flat.view(torch.float32) if flat.is_complex() else flat

@@ -107,13 +107,14 @@ def _unsafe_globals(path: Path, fmt: str, scan: ScanResult) -> list[str]:
     allow-list for legacy files (torch's function reads zip files only)."""
     from torch import _weights_only_unpickler as wo
 
+    safe = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())  # type: ignore[no-untyped-call]
+    ours = [n for n in scan.refused if n not in safe]
     if fmt == TORCH_ZIP:
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            return [*torch.serialization.get_unsafe_globals_in_checkpoint(path), *ours]
         except Exception:
             pass
-    safe = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())  # type: ignore[no-untyped-call]
-    return [n for n in scan.refused if n not in safe]
+    return ours
 
 
 def _torch_load(path: Path, fmt: str, *, weights_only: bool) -> Any:
