@@ -266,8 +266,8 @@ def test_batch_treats_an_index_and_its_shards_as_one_checkpoint(tmp_path, cli):
     assert [os.path.basename(f["input"]) for f in data["files"]] == ["m.safetensors.index.json"]
     assert listing(tmp_path / "out") == [
         ".deconv2shuffle",
-        "m-1.safetensors",
-        "m-2.safetensors",
+        "m-00001-of-00002.safetensors",
+        "m-00002-of-00002.safetensors",
         "m.safetensors.index.json",
     ]
 
