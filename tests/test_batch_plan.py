@@ -173,7 +173,8 @@ def test_batch_report_never_replaces_a_file_the_batch_reads_or_writes(tmp_path, 
     before = sha(target)
     result, _ = _batch(cli, src, out, "--report", target, "--force")
     assert result.exit_code == 2, result.output
-    assert "would replace an" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "would replace an" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert json.loads(result.stdout)["ok"] is False
     assert sha(target) == before
     assert not (out / "a.pth").exists()  # refused before any work
 

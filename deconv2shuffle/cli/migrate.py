@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -135,7 +136,13 @@ def _draft_on_ambiguity(
 
 def _check_new(old: Path, new: Path) -> None:
     """NEW names a file whose extension says its format; a folder or another extension is refused (exit 2)."""
-    if new.is_dir():
+    try:
+        is_dir = new.is_dir()
+    except OSError as e:  # a name too long for the file system, a loop of links...: the writer names it
+        is_dir = False
+        if e.errno != errno.ENAMETOOLONG:
+            raise UsageError(f"{new}: cannot use this output path ({e.strerror})") from None
+    if is_dir:
         raise UsageError(
             f"{new}: is a folder, and NEW is the file to write (--force replaces files, never folders); "
             f"give a file name, e.g. {new / old.name}"

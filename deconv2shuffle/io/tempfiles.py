@@ -192,12 +192,13 @@ def new_file_mode() -> int:
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread, so
-    ``finally`` blocks remove temporary files; the previous handler comes back on exit. Elsewhere a no-op."""
+    ``finally`` blocks remove temporary files; the previous handler comes back on exit. A no-op outside the
+    main thread, and where a handler is already installed (the caller's handler then decides how to stop)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
-    if previous is _raise_terminated:  # already installed by an outer publication
+    if previous is not signal.SIG_DFL:  # an outer publication or a caller (batch) already handles SIGTERM
         yield
         return
 
