@@ -62,7 +62,7 @@ _SOURCES: dict[tuple[Any, ...], Sources] = {}  # per process: a spec or model sh
 def _sources_for(job: dict[str, Any]) -> Sources:
     names = ("spec", "source_model", "target_model", "source_args", "target_args")
     args: list[Any] = [job.get(n) for n in names]
-    explicit = bool(job.get("sidecar") and (args[1] or args[2]))
+    explicit = bool(job.get("sidecar") and args[0] and (args[1] or args[2]))
     key = (*args, explicit, tuple(plan.identity(Path(args[0])) or ()) if args[0] else None)
     if key not in _SOURCES:
         if explicit:
