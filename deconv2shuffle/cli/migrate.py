@@ -80,6 +80,9 @@ def command(
 
     if new is None and not dry_run:
         raise typer.BadParameter("give NEW, or --dry-run to only check", param_hint="NEW")
+    if _is_onnx(old):
+        _migrate_onnx(old, None if dry_run else new, force=force, report=report, json_out=json_out)
+        return
     if new is not None and not dry_run:
         _check_new(old, new)
     renames = parse_rename(rename)
@@ -153,3 +156,29 @@ def _check_new(old: Path, new: Path) -> None:
             f"{new}: the output format follows NEW's extension and cannot be told from {what}; name it "
             ".pth/.pt/.ckpt/.bin (torch), .safetensors, or .safetensors.index.json (sharded safetensors)"
         )
+
+
+def _is_onnx(old: Path) -> bool:
+    """An ONNX model (sniffed from its bytes; the graph carries every hyperparameter, so no spec is needed)."""
+    from ..onnx_graph import looks_like_onnx
+
+    return old.is_file() and looks_like_onnx(old)
+
+
+def _migrate_onnx(old: Path, new: Path | None, *, force: bool, report: Path | None, json_out: bool) -> None:
+    """Rewrite an ONNX model's ConvTranspose nodes (``new=None``: list what would be rewritten)."""
+    from ..onnx_graph import inspect_onnx, migrate_onnx
+    from ..pipeline.files import publish_file
+    from . import _render
+
+    result = inspect_onnx(old) if new is None else migrate_onnx(old, new, force=force)
+    if report is not None:
+        text = result.to_json() if report.suffix.lower() == ".json" else result.to_markdown()
+        publish_file(report, text.encode(), inputs=[old], outputs=[new] if new else [], force=force)
+    if json_out:
+        _render.print_json(result.to_dict())
+    else:
+        for line in result.to_markdown().splitlines():
+            _render.say(line)
+        if new is not None:
+            _render.say(f"wrote {new}")
