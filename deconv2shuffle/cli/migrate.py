@@ -16,6 +16,7 @@ from ._options import (
     AllowGlobalOpt,
     ApproxOpt,
     ForceOpt,
+    GeometryOpt,
     InputShapeOpt,
     JsonOpt,
     SourceArgsOpt,
@@ -25,6 +26,7 @@ from ._options import (
     TargetArgsOpt,
     TargetModelOpt,
     TrustOpt,
+    parse_geometry,
     parse_ints,
     parse_rename,
 )
@@ -73,6 +75,7 @@ def command(
         bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
     ] = False,
     json_out: JsonOpt = False,
+    geometry: GeometryOpt = "minimal",
 ) -> None:
     """Convert OLD into NEW: match layers, rewrite weights exactly, verify each layer, write atomically."""
     from ..pipeline import migrate
@@ -108,6 +111,7 @@ def command(
             allow_globals=allow_global or [],
             force=force,
             tolerance=tolerance,
+            geometry=parse_geometry(geometry),
             input_shape=shape,
             allow_missing=allow_missing,
             drop_unexpected=drop_unexpected,
