@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-
 onnx = pytest.importorskip("onnx")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "forum.onnx"
@@ -27,14 +26,3 @@ def test_migrate_dry_run_on_onnx_writes_nothing(tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["nodes"][0]["status"] == "convertible"
 
-
-@pytest.mark.parametrize(("geometry", "kernel", "ratio"), [("minimal", [2, 2], 1.0), ("symmetric", [3, 3], 2.25)])
-def test_migrate_geometry_option_chooses_the_form(cli, geometry, kernel, ratio):
-    root = SAMPLE.parent
-    result = cli(
-        "migrate", root / "forum.pth", "--dry-run", "--json", "--geometry", geometry,
-        "--source-model", f"{root / 'models.py'}:ForumSource",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    (layer,) = json.loads(result.stdout)["layers"]
-    assert (layer["target_kernel_size"], layer["macs_ratio"]) == (kernel, pytest.approx(ratio))
