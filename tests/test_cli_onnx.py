@@ -26,3 +26,11 @@ def test_migrate_dry_run_on_onnx_writes_nothing(tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["nodes"][0]["status"] == "convertible"
 
+
+
+def test_inspect_lists_the_onnx_nodes(cli):
+    result = cli("inspect", SAMPLE, "--json")
+    assert result.exit_code == 0, result.output
+    (node,) = json.loads(result.stdout)["nodes"]
+    assert node["status"] == "convertible" and node["macs_ratio"] == 1.0
+    assert node["new_weight_shape"] == [1024, 64, 2, 2]

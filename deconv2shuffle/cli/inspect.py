@@ -38,7 +38,18 @@ def command(
     """Shape report: container layout, every tensor by module, totals, ConvTranspose layers and their targets."""
     from ..pipeline import inspect_checkpoint
     from . import _render
+    from .migrate import _is_onnx
 
+    if _is_onnx(checkpoint):  # an ONNX model: its ConvTranspose nodes and what each would become
+        from ..onnx_graph import inspect_onnx
+
+        report = inspect_onnx(checkpoint)
+        if json_out:
+            _render.print_json(report.to_dict())
+        else:
+            for line in report.to_markdown().splitlines():
+                _render.say(line)
+        return
     data = inspect_checkpoint(
         checkpoint,
         spec=spec,
