@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compare import flatten_output
 from ..errors import SpecError, VerificationError
 from ..geometry import SubPixelPlan, TargetGeometry
 from ..nn import clone_module, convert_model, subpixel_forward
@@ -246,7 +247,11 @@ def _compare(want: torch.Tensor, got: torch.Tensor) -> tuple[float, float, int]:
 
 
 def _flat(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else torch.cat([t.flatten() for t in output])
+    """Every tensor of a nested output (dict, list, tuple, dataclass, ``ModelOutput``...), as one vector."""
+    if isinstance(output, torch.Tensor):
+        return output
+    tensors = [t.detach().flatten().double() for _, t in flatten_output(output) if not t.is_complex()]
+    return torch.cat(tensors) if tensors else torch.zeros(0, dtype=torch.float64)
 
 
 def end_to_end(
