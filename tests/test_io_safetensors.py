@@ -156,3 +156,24 @@ def test_read_back_goes_through_the_library(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="safetensors library refuses the file just written"):
         save_checkpoint(tmp_path / "x.safetensors", {"a": torch.zeros(4), "b": torch.ones(2)})
     assert listing(tmp_path) == []
+
+
+def test_untouched_big_tensors_are_copied_from_their_file_and_changed_ones_are_not(tmp_path, monkeypatch):
+    import deconv2shuffle.io.safetensors_write as w
+
+    g = torch.Generator().manual_seed(0)
+    state = {"big": torch.randn(512, 1024, generator=g), "other": torch.randn(512, 1024, generator=g)}
+    save_file(state, tmp_path / "in.safetensors")
+    copied = []
+    real = w._copy
+    monkeypatch.setattr(w, "_copy", lambda region, f, buf: (copied.append(region.offset), real(region, f, buf)))
+    ck = load_checkpoint(tmp_path / "in.safetensors")
+    save_checkpoint(tmp_path / "same.safetensors", ck.state_dict, like=ck)
+    assert len(copied) == 2  # both 2 MiB tensors came from the file
+    assert all(torch.equal(load_file(tmp_path / "same.safetensors")[k], v) for k, v in state.items())
+    copied.clear()
+    ck.state_dict["big"].view(-1)[:10].mul_(2)  # in place, through a view: the file no longer holds it
+    save_checkpoint(tmp_path / "changed.safetensors", ck.state_dict, like=ck)
+    assert len(copied) == 1
+    back = load_file(tmp_path / "changed.safetensors")
+    assert torch.equal(back["big"][0, :10], state["big"][0, :10] * 2) and torch.equal(back["other"], state["other"])

@@ -51,6 +51,7 @@ class Checkpoint:
     shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # sharded: shard -> its metadata
     trust_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
+    regions: dict[int, Any] = field(default_factory=dict, repr=False)  # safetensors: where untouched views lie
     _sha256: str | None = field(default=None, repr=False)
     _hashing: Future[str] | None = field(default=None, repr=False)
 

@@ -42,7 +42,7 @@ def load_checkpoint(
     fmt = sniff(path)
     if fmt == SAFETENSORS:
         data = read_safetensors(path)
-        ckpt = Checkpoint(path, fmt, data.tensors, metadata=data.metadata)
+        ckpt = Checkpoint(path, fmt, data.tensors, metadata=data.metadata, regions=data.regions)
     elif fmt == SHARDED:
         ckpt = load_sharded(path)
     else:

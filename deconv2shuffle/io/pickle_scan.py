@@ -39,17 +39,6 @@ import torch
 from ..errors import CheckpointError
 from .formats import MAX_DEPTH, MAX_EXPANSION, MAX_EXPANSION_SLACK, MAX_PICKLE_BYTES, MAX_TENSORS, first_line, show
 
-# What some refused globals are, for the message.
-_KINDS = {
-    "torch._utils._rebuild_meta_tensor_no_storage": "a meta tensor (no data)",
-    "torch._utils._rebuild_sparse_tensor": "a sparse tensor",
-    "torch._utils._rebuild_nested_tensor": "a nested tensor",
-    "torch._utils._rebuild_qtensor": "a quantized tensor",
-    "torch._utils._rebuild_wrapper_subclass": "a tensor subclass",
-    "torch._tensor._rebuild_from_type_v2": "a tensor subclass or a tensor with attributes",
-    "torch._utils._rebuild_device_tensor_from_numpy": "a NumPy-backed tensor",
-}
-
 
 class Refused(Exception):
     """Raised inside the dry run: the pickle does something a state dict never needs."""
@@ -392,8 +381,3 @@ def _run(
     if _depth(obj) > MAX_DEPTH:
         raise CheckpointError(f"{show(path)}: refused to load: containers nest deeper than {MAX_DEPTH} levels")
     return scan.result
-
-
-def describe_refused(names: list[str]) -> str:
-    """``'torch.Size'``, or ``'torch._utils._rebuild_sparse_tensor' (a sparse tensor)``, comma-separated."""
-    return ", ".join(f"{n!r} ({_KINDS[n]})" if n in _KINDS else repr(n) for n in names)

@@ -23,7 +23,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import CheckpointError
-from .safetensors_read import ST_NAMES, as_bits
+from .safetensors_read import ST_NAMES, Region, as_bits
 
 LateValue = Callable[[], str]  # a metadata value still being computed (a sha256 hex digest, 64 characters)
 _LATE_WIDTH = 64
@@ -38,6 +38,8 @@ _RANK = {
 }
 
 _LITTLE = sys.byteorder == "little"
+_COPY_MIN = 1 << 20  # tensors from this size up are copied from their file when untouched
+_COPY_CHUNK = 1 << 24
 
 # Same-width integer views, for byte-swapping on a big-endian host (complex: per float component).
 _SWAP_AS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
@@ -95,17 +97,47 @@ def _le_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(as_bits(flat).numpy())  # type: ignore[arg-type]
 
 
+def _from_file(t: torch.Tensor, regions: Mapping[int, Region]) -> Region | None:
+    """The file region ``t`` was mapped from, if ``t`` is that whole view, untouched since it was loaded."""
+    nbytes = t.numel() * t.element_size()
+    if nbytes < _COPY_MIN or not _LITTLE or t.device.type != "cpu":
+        return None
+    region = regions.get(t.untyped_storage().data_ptr())
+    if region is None or region.nbytes != nbytes or region.version != t._version:
+        return None
+    return region if t.storage_offset() == 0 and t.is_contiguous() else None
+
+
+def _copy(region: Region, f: IO[bytes] | Any, buf: bytearray) -> None:
+    """Copy a region of its file into ``f`` through ``buf`` (pread: one descriptor, open only meanwhile)."""
+    fd = os.open(region.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with memoryview(buf) as view:
+            done = 0
+            while done < region.nbytes:
+                n = os.preadv(fd, [view[: min(len(buf), region.nbytes - done)]], region.offset + done)
+                if n <= 0:
+                    raise CheckpointError(f"{region.path}: the file shrank while it was being copied")
+                f.write(view[:n])
+                done += n
+    finally:
+        os.close(fd)
+
+
 def write_safetensors(
     f: IO[bytes] | Any,
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str | LateValue],
     where: str = "safetensors output",
+    *,
+    regions: Mapping[int, Region] | None = None,
 ) -> dict[str, str]:
     """Write ``tensors`` and ``metadata`` to the binary file ``f`` in safetensors layout (see the module doc).
 
     A metadata value may be a callable returning a 64-character string (a sha256 hex digest still being
     computed in another thread): a placeholder of that width is written first and overwritten in place once
-    the data is written. Returns the metadata as finally written.
+    the data is written. ``regions`` (from loading): tensors still untouched in the file they were mapped
+    from are copied from that file. Returns the metadata as finally written.
     """
     placed = layout(tensors, where)
     late = {k: v for k, v in metadata.items() if callable(v)}
@@ -117,8 +149,14 @@ def write_safetensors(
     raw = _header(placed, final)
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
+    buf = bytearray(0)
     for _, t, _, _ in placed:
-        f.write(_le_bytes(t))
+        region = _from_file(t, regions) if regions else None
+        if region is None:
+            f.write(_le_bytes(t))
+            continue
+        buf = buf or bytearray(_COPY_CHUNK)
+        _copy(region, f, buf)
     if late:
         for key, compute in late.items():
             final[key] = compute()

@@ -83,7 +83,7 @@ def save_checkpoint(
             verify_safetensors(tmp, out, state_dict, written, check_values)
 
         with publishing(out, force=force, protect=protect, inputs=inputs, check=check) as f:
-            written.update(write_safetensors(f, state_dict, meta, show(out)))
+            written.update(write_safetensors(f, state_dict, meta, show(out), regions=like.regions if like else None))
         return [out]
     assert fmt == SHARDED
     return save_sharded(out, state_dict, like, meta, force=force, check_values=check_values, protect=protect)

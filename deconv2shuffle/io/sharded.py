@@ -76,12 +76,14 @@ def load_sharded(path: Path) -> Checkpoint:
     weight_map, extra = read_index(path)
     state: dict[str, torch.Tensor] = {}
     shard_metadata: dict[str, dict[str, str]] = {}
+    regions: dict[int, Any] = {}
     for shard in dict.fromkeys(weight_map.values()):
         shard_path = path.parent / shard
         if sniff(shard_path) != SAFETENSORS:
             raise CheckpointError(f"{show(shard_path)}: a shard of {show(path.name)} is not a safetensors file")
         data = read_safetensors(shard_path)
         shard_metadata[shard] = data.metadata
+        regions.update(data.regions)
         for key, value in data.tensors.items():
             if weight_map.get(key) == shard:
                 state[key] = value
@@ -97,6 +99,7 @@ def load_sharded(path: Path) -> Checkpoint:
         index_extra=extra,
         metadata={str(k): str(v) for k, v in (meta or {}).items()},
         shard_metadata=shard_metadata,
+        regions=regions,
     )
 
 
@@ -166,6 +169,7 @@ def save_sharded(
     groups = _groups(state_dict, like)
     names = shard_names(out, len(groups), {*inputs, *replaced, *protect})
     shard_meta = like.shard_metadata if like is not None else {}
+    regions = like.regions if like is not None else {}
     weight_map: dict[str, str] = {}
     guard = [*protect, *inputs, *replaced]
     for name in names:  # refuse before writing anything
@@ -186,7 +190,8 @@ def save_sharded(
 
             with files.write(dest, check) as f:
                 # each shard keeps its own metadata, with the provenance added
-                written.update(write_safetensors(f, tensors, {**shard_meta.get(old or "", {}), **meta}, show(dest)))
+                shard_tags = {**shard_meta.get(old or "", {}), **meta}
+                written.update(write_safetensors(f, tensors, shard_tags, show(dest), regions=regions))
             weight_map.update(dict.fromkeys(keys, name))
         index = dict(like.index_extra) if like is not None else {}
         index_meta = dict(index.get("metadata") or {}) if isinstance(index.get("metadata"), dict) else {}

@@ -27,7 +27,23 @@ import torch
 
 from ..errors import CheckpointError, UnsafeCheckpointError
 from .formats import TORCH_ZIP, first_line, show
-from .pickle_scan import ScanResult, describe_refused, scan_legacy, scan_zip, zip_pickle
+from .pickle_scan import ScanResult, scan_legacy, scan_zip, zip_pickle
+
+# What some refused globals are, for the message.
+_KINDS = {
+    "torch._utils._rebuild_meta_tensor_no_storage": "a meta tensor (no data)",
+    "torch._utils._rebuild_sparse_tensor": "a sparse tensor",
+    "torch._utils._rebuild_nested_tensor": "a nested tensor",
+    "torch._utils._rebuild_qtensor": "a quantized tensor",
+    "torch._utils._rebuild_wrapper_subclass": "a tensor subclass",
+    "torch._tensor._rebuild_from_type_v2": "a tensor subclass or a tensor with attributes",
+    "torch._utils._rebuild_device_tensor_from_numpy": "a NumPy-backed tensor",
+}
+
+
+def describe_refused(names: list[str]) -> str:
+    """``'torch.Size'``, or ``'torch._utils._rebuild_sparse_tensor' (a sparse tensor)``, comma-separated."""
+    return ", ".join(f"{n!r} ({_KINDS[n]})" if n in _KINDS else repr(n) for n in names)
 
 
 def resolve_globals(names: Sequence[str]) -> dict[str, Any]:
