@@ -1,6 +1,5 @@
 """The end-to-end check compares every tensor of a nested model output."""
 
-import pytest
 import torch
 from torch import nn
 
