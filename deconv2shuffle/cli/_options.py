@@ -64,6 +64,25 @@ KernelOpt = Annotated[
 StrideOpt = Annotated[str | None, typer.Option("--stride", "-s", metavar="S[,S...]", help="Stride.")]
 PaddingOpt = Annotated[str, typer.Option("--padding", "-p", metavar="P[,P...]", help="Padding.")]
 OutputPaddingOpt = Annotated[str, typer.Option("--output-padding", metavar="P[,P...]", help="Output padding.")]
+RenameOpt = Annotated[
+    list[str] | None,
+    typer.Option("--rename", metavar="REGEX=REPL", help="REGEX=REPLACEMENT for other keys (repeatable)."),
+]
+DropOpt = Annotated[
+    list[str] | None, typer.Option("--drop", metavar="REGEX", help="Leave out keys matching REGEX (repeatable).")
+]
+AllowMissingOpt = Annotated[
+    bool, typer.Option("--allow-missing", help="Accept target keys the checkpoint cannot fill.")
+]
+DropUnexpectedOpt = Annotated[
+    bool, typer.Option("--drop-unexpected", help="Leave out keys the target model does not have.")
+]
+ToleranceOpt = Annotated[
+    float, typer.Option("--tolerance", metavar="REL", help="Max relative float64 error per layer.")
+]
+NoHashOpt = Annotated[
+    bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
+]
 GeometryOpt = Annotated[
     str,
     typer.Option(

@@ -13,15 +13,21 @@ import typer
 from ._errors import handle_errors
 from ._options import (
     AllowGlobalOpt,
+    AllowMissingOpt,
     ApproxOpt,
+    DropOpt,
+    DropUnexpectedOpt,
     InputShapeOpt,
     JsonOpt,
+    NoHashOpt,
+    RenameOpt,
     SourceArgsOpt,
     SourceModelOpt,
     SpecOpt,
     StateKeyOpt,
     TargetArgsOpt,
     TargetModelOpt,
+    ToleranceOpt,
     TrustOpt,
     parse_ints,
     parse_rename,
@@ -58,26 +64,16 @@ def command(
     ] = None,
     approx: ApproxOpt = False,
     to: Annotated[str, typer.Option("--to", help="Output format: same, safetensors or pth.")] = "same",
-    rename: Annotated[
-        list[str] | None, typer.Option("--rename", help="REGEX=REPLACEMENT for other keys (repeatable).")
-    ] = None,
-    drop: Annotated[
-        list[str] | None, typer.Option("--drop", help="Leave out keys matching REGEX (repeatable).")
-    ] = None,
+    rename: RenameOpt = None,
+    drop: DropOpt = None,
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     allow_global: AllowGlobalOpt = None,
     input_shape: InputShapeOpt = None,
-    allow_missing: Annotated[
-        bool, typer.Option("--allow-missing", help="Accept target keys the checkpoint cannot fill.")
-    ] = False,
-    drop_unexpected: Annotated[
-        bool, typer.Option("--drop-unexpected", help="Leave out keys the target model does not have.")
-    ] = False,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Max relative float64 error per layer.")] = 1e-10,
-    no_hash: Annotated[
-        bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
-    ] = False,
+    allow_missing: AllowMissingOpt = False,
+    drop_unexpected: DropUnexpectedOpt = False,
+    tolerance: ToleranceOpt = 1e-10,
+    no_hash: NoHashOpt = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Convert and verify every file, write no checkpoint.")
     ] = False,

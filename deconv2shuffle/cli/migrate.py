@@ -14,17 +14,23 @@ from ..errors import Deconv2ShuffleError, UsageError
 from ._errors import handle_errors
 from ._options import (
     AllowGlobalOpt,
+    AllowMissingOpt,
     ApproxOpt,
+    DropOpt,
+    DropUnexpectedOpt,
     ForceOpt,
     GeometryOpt,
     InputShapeOpt,
     JsonOpt,
+    NoHashOpt,
+    RenameOpt,
     SourceArgsOpt,
     SourceModelOpt,
     SpecOpt,
     StateKeyOpt,
     TargetArgsOpt,
     TargetModelOpt,
+    ToleranceOpt,
     TrustOpt,
     parse_geometry,
     parse_ints,
@@ -45,35 +51,22 @@ def command(
     target_model: TargetModelOpt = None,
     target_args: TargetArgsOpt = None,
     approx: ApproxOpt = False,
-    rename: Annotated[
-        list[str] | None,
-        typer.Option("--rename", metavar="REGEX=REPL", help="REGEX=REPLACEMENT for other keys (repeatable)."),
-    ] = None,
-    drop: Annotated[
-        list[str] | None, typer.Option("--drop", metavar="REGEX", help="Leave out keys matching REGEX (repeatable).")
-    ] = None,
+    rename: RenameOpt = None,
+    drop: DropOpt = None,
     state_dict_key: StateKeyOpt = None,
     trust_pickle: TrustOpt = False,
     allow_global: AllowGlobalOpt = None,
     force: ForceOpt = False,
     input_shape: InputShapeOpt = None,
-    allow_missing: Annotated[
-        bool, typer.Option("--allow-missing", help="Accept target keys the checkpoint cannot fill.")
-    ] = False,
-    drop_unexpected: Annotated[
-        bool, typer.Option("--drop-unexpected", help="Leave out keys the target model does not have.")
-    ] = False,
-    tolerance: Annotated[
-        float, typer.Option("--tolerance", metavar="REL", help="Max relative float64 error per layer.")
-    ] = 1e-10,
+    allow_missing: AllowMissingOpt = False,
+    drop_unexpected: DropUnexpectedOpt = False,
+    tolerance: ToleranceOpt = 1e-10,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert and verify, write nothing.")] = False,
     report: Annotated[
         Path | None, typer.Option("--report", metavar="FILE", help="Write the report as .json or .md.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key and what happened to it.")] = False,
-    no_hash: Annotated[
-        bool, typer.Option("--no-hash", help="Leave the source sha256 out of safetensors metadata (saves a full read).")
-    ] = False,
+    no_hash: NoHashOpt = False,
     json_out: JsonOpt = False,
     geometry: GeometryOpt = "minimal",
 ) -> None:
