@@ -238,3 +238,10 @@ def test_publication_without_force_is_a_link_that_fails_on_an_existing_name(tmp_
     dest.unlink()
     _link_no_replace(tmp, dest)
     assert dest.read_bytes() == b"ours" and not tmp.exists()
+
+
+def test_publishing_does_not_import_torch():
+    """The command line writes reports and specs through it at --help speed."""
+    code = "import sys, deconv2shuffle.io.publish; sys.exit('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0
