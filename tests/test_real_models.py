@@ -343,7 +343,6 @@ def test_monai_bundle_migrates_on_the_command_line_and_loads_strictly(tmp_path):
     _float32_close(x.run(model), x.run(converted))
 
 
-@pytest.mark.xfail(strict=True, reason="migrate converts a module reachable under two names under one name only")
 def test_monai_dynunet_with_aliased_blocks_migrates_on_the_command_line(tmp_path):
     nets = need("monai.networks.nets")
     torch.manual_seed(0)

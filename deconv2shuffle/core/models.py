@@ -106,9 +106,9 @@ def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
 
 
 def source_layers(model: nn.Module) -> list[LayerSpec]:
-    """A LayerSpec for every ConvTranspose in ``model`` (target left to the default)."""
+    """A LayerSpec for every ConvTranspose in ``model``, under every name it is reachable by (target left to the default)."""
     layers = []
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):  # every alias of a shared module
         if isinstance(module, _TRANSPOSED):
             geo = transposed_spec(module)
             layers.append(
@@ -260,16 +260,19 @@ def target_convs(model: nn.Module, trace: ModelTrace | None = None) -> dict[str,
     """
     shuffles: dict[str, tuple[int, ...]] = {}
     geometries: dict[str, TargetGeometry] = {}
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, _SubPixelConvTranspose):
             conv_name = f"{name}.conv" if name else "conv"
             shuffles[conv_name] = module.plan.factors
             geometries[conv_name] = module.plan.target
     trace = trace or trace_model(model)
     shuffles.update(_traced_shuffles(model, trace) if trace is not None else _registered_shuffles(model))
+    canonical = {id(m): n for n, m in model.named_modules()}  # fx and the trace know a shared module by one name
     out = {}
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, _CONVS):
+            if name not in shuffles and canonical.get(id(module)) in shuffles:
+                shuffles[name] = shuffles[canonical[id(module)]]
             padding = module.padding
             if isinstance(padding, str):  # 'same' / 'valid'
                 padding = tuple(

@@ -138,7 +138,7 @@ def check_spec_against_model(spec: Spec, model: nn.Module) -> None:
     Raises:
         SpecError: naming the spec file and line, the layer, and both values.
     """
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     for i, layer in enumerate(spec.layers):
         where = (
             f"{spec.path or '<spec>'}" + (f":{layer.line}" if layer.line else "") + f": layers[{i}] {layer.source!r}"
@@ -255,7 +255,7 @@ def pair_layers(
         target_trace = trace_model(target)
         convs = target_convs(target, target_trace)
     paired = _paired_by_name(layers, convs)
-    src_mods = dict(source.named_modules())
+    src_mods = dict(source.named_modules(remove_duplicate=False))
 
     def fits(i: int, c: TargetConv) -> bool:
         m = src_mods[layers[i].source]
