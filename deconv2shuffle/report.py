@@ -87,10 +87,13 @@ class MigrationReport:
             lines.append(f"- optimizer state: {self.optimizer}")
         if self.end_to_end:
             e = self.end_to_end
-            lines.append(
-                f"- end-to-end on input {e.get('input_shape')}: max abs error {e.get('max_abs_error'):.3g}, "
-                f"relative {e.get('max_rel_error'):.3g}"
-            )
+            if "skipped" in e:
+                lines.append(f"- **end-to-end check skipped**: {e['skipped']}")
+            else:
+                on = f"input {e['input_shape']}" if "input_shape" in e else f"inputs {e.get('inputs')}"
+                lines.append(
+                    f"- end-to-end on {on}: max abs error {e['max_abs_error']:.3g}, relative {e['max_rel_error']:.3g}"
+                )
         lines += [
             "",
             "| source | target | geometry | old shape | new shape | target conv | crop start | crop end | exact "

@@ -290,8 +290,11 @@ def test_spec_draft_from_a_checkpoint_is_marked_and_usable(tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("# DRAFT") and "GUESS" in result.stdout
     spec = parse_spec(result.stdout)
-    assert [(x.source, x.stride, x.padding) for x in spec.layers] == [("up", 2, 1)]
+    assert [(x.source, x.stride, x.padding, x.guessed) for x in spec.layers] == [("up", 2, 1, True)]
     (tmp_path / "d.toml").write_text(result.stdout)
+    refused = cli("migrate", tmp_path / "m.pth", tmp_path / "n.pth", "--spec", tmp_path / "d.toml")
+    assert refused.exit_code == 2 and "guessed = true" in refused.output and not (tmp_path / "n.pth").exists()
+    (tmp_path / "d.toml").write_text(result.stdout.replace("guessed = true\n", ""))  # checked by the user
     assert cli("migrate", tmp_path / "m.pth", tmp_path / "n.pth", "--spec", tmp_path / "d.toml").exit_code == 0
     torch.save({"a.weight": torch.zeros(3, 3)}, tmp_path / "none.pth")
     assert cli("spec", tmp_path / "none.pth").exit_code == 2

@@ -25,11 +25,13 @@ DEBUG = {"on": bool(os.environ.get("DECONV2SHUFFLE_DEBUG"))}
 
 # API parameter -> flag; a list value repeats the flag once per item
 FLAGS = {
+    "accept_guesses": "--accept-guesses",
     "allow_globals": "--allow-global",
     "allow_missing": "--allow-missing",
     "approx": "--approx",
     "device": "--device",
     "dilation": "--dilation",
+    "example_inputs": "--example-inputs",
     "drop": "--drop",
     "drop_unexpected": "--drop-unexpected",
     "force": "--force",

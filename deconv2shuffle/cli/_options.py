@@ -49,6 +49,22 @@ AllowGlobalOpt = Annotated[
         help="Let the pickle use this global (module.Name), and no other (repeatable). Narrower than --trust-pickle.",
     ),
 ]
+ExampleInputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--example-inputs",
+        metavar="FILE|FILE.py:FUNC",
+        help="Real inputs for the end-to-end check, for models taking several (a timestep...): a .pt/.safetensors "
+        "file of args.0, args.1, kwargs.NAME tensors, or a Python function returning (args, kwargs). Runs its code.",
+    ),
+]
+AcceptGuessesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-guesses",
+        help="Convert layers a draft spec still marks guessed = true, though no source model checks the result.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
 ApproxOpt = Annotated[
     bool, typer.Option("--approx", help="Allow an inexact target: keep the taps that fit, report the error.")

@@ -72,9 +72,12 @@ def error(message: str) -> None:
     err.print(Text("error: ", style="bold red") + Text(visible(message)), highlight=False, soft_wrap=True)
 
 
-def say(message: str) -> None:
-    """A line of plain text on stdout: no markup (keys and formulas contain brackets), no control codes."""
-    out.print(Text(visible(message)), highlight=False, soft_wrap=True)
+def say(message: str, style: str = "") -> None:
+    """A line of plain text on stdout: no markup (keys and formulas contain brackets), no control codes.
+
+    ``style`` colours the whole line where the terminal shows colour (a warning), never in a pipe.
+    """
+    out.print(Text(visible(message), style=style), highlight=False, soft_wrap=True)
 
 
 def show(grid: Grid) -> None:
@@ -110,10 +113,11 @@ def render_migration(report: MigrationReport) -> None:
     if report.end_to_end:
         e = report.end_to_end
         if "skipped" in e:
-            say(f"end-to-end check skipped: {to_flags(e['skipped'])}")
+            say(f"warning: end-to-end check skipped: {to_flags(e['skipped'])}", style="bold yellow")
         else:
+            on = f"input {tuple(e['input_shape'])}" if "input_shape" in e else f"inputs {e['inputs']}"
             say(
-                f"end-to-end ({e['dtype']}, input {tuple(e['input_shape'])}): "
+                f"end-to-end ({e['dtype']}, {on}): "
                 f"max abs error {fmt_err(e['max_abs_error'])}, "
                 f"relative {fmt_err(e['max_rel_error'])}"
                 + (

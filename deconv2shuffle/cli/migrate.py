@@ -13,11 +13,13 @@ import typer
 from ..errors import Deconv2ShuffleError, UsageError
 from ._errors import handle_errors
 from ._options import (
+    AcceptGuessesOpt,
     AllowGlobalOpt,
     AllowMissingOpt,
     ApproxOpt,
     DropOpt,
     DropUnexpectedOpt,
+    ExampleInputsOpt,
     ForceOpt,
     GeometryOpt,
     InputShapeOpt,
@@ -58,6 +60,8 @@ def command(
     allow_global: AllowGlobalOpt = None,
     force: ForceOpt = False,
     input_shape: InputShapeOpt = None,
+    example_inputs: ExampleInputsOpt = None,
+    accept_guesses: AcceptGuessesOpt = False,
     allow_missing: AllowMissingOpt = False,
     drop_unexpected: DropUnexpectedOpt = False,
     tolerance: ToleranceOpt = 1e-10,
@@ -106,6 +110,8 @@ def command(
             tolerance=tolerance,
             geometry=parse_geometry(geometry),
             input_shape=shape,
+            example_inputs=example_inputs,
+            accept_guesses=accept_guesses,
             allow_missing=allow_missing,
             drop_unexpected=drop_unexpected,
             report_path=report,

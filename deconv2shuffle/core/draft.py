@@ -74,8 +74,10 @@ def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "check
     guesses = guess_layers(state)
     comments = [
         f"DRAFT written by deconv2shuffle {__version__} from {checkpoint}: every layer below is a GUESS.",
-        "A checkpoint cannot tell stride or padding; check each against the model that was trained,",
-        "or draft the spec from the model class instead, which knows them exactly.",
+        "A checkpoint cannot tell stride or padding; check each against the model that was trained and",
+        "delete its `guessed = true` line, or draft the spec from the model class instead, which knows them.",
+        "migrate refuses a layer still marked guessed unless a source model checks the whole model",
+        "(--source-model) or --accept-guesses is given.",
     ]
     layers = []
     for g in guesses:
@@ -88,6 +90,7 @@ def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "check
                 stride=tuple(g["stride"]),
                 padding=tuple(g["padding"]),
                 output_padding=tuple(g["output_padding"]),
+                guessed=True,
             )
         )
         comments.append(f"{g['module']}: {g['reason']}; assumed {g['assumed']}")

@@ -106,7 +106,7 @@ def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
 
 
 def source_layers(model: nn.Module) -> list[LayerSpec]:
-    """A LayerSpec for every ConvTranspose in ``model``, under every name it is reachable by (target left to the default)."""
+    """A LayerSpec for every ConvTranspose in ``model``, under every name it is reachable by (no target set)."""
     layers = []
     for name, module in model.named_modules(remove_duplicate=False):  # every alias of a shared module
         if isinstance(module, _TRANSPOSED):

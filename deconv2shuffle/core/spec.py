@@ -49,10 +49,11 @@ LAYER_KEYS = (
     "target_kernel_size",
     "target_padding",
     "geometry",
+    "guessed",
 )
 TOP_KEYS = ("version", "geometry", "layers", "rename", "drop", "models")
 GEOMETRIES = ("minimal", "tight", "symmetric")
-MODEL_KEYS = ("source", "target", "source_args", "target_args", "input_shape")
+MODEL_KEYS = ("source", "target", "source_args", "target_args", "input_shape", "example_inputs")
 _MINIMUMS = {
     "stride": 1,
     "dilation": 1,
@@ -78,6 +79,7 @@ class LayerSpec:
     target_padding: IntOrTuple | None = None
     line: int | None = None
     geometry: str | None = None
+    guessed: bool = False  # a draft's guess from a checkpoint alone, not yet confirmed by the user
 
     @property
     def target_module(self) -> str:
@@ -96,13 +98,15 @@ class Spec:
     models: dict[str, Any] = field(default_factory=dict)
 
     def model_ref(self, which: str) -> str | None:
-        """``[models] source/target``, with a relative file path taken from the spec's folder."""
+        """``[models] source/target/example_inputs``, with a relative file path taken from the spec's folder."""
         ref = self.models.get(which)
         if not ref:
             return None
         where, _, name = str(ref).rpartition(":")
         if where.endswith(".py") and self.path is not None and not Path(where).is_absolute():
             return f"{self.path.parent / where}:{name}"
+        if which == "example_inputs" and not where and self.path is not None and not Path(name).is_absolute():
+            return str(self.path.parent / name)  # a file of example tensors
         return str(ref)
 
     def to_toml(self) -> str:
@@ -235,6 +239,9 @@ def _parse_layer(raw: Any, i: int, lines: _Lines, path: Path | str) -> LayerSpec
     if "geometry" in raw and "target_kernel_size" in raw:
         raise SpecError(f"{where('geometry')}: give geometry or target_kernel_size, not both")
     kwargs["geometry"] = _check_geometry(raw.get("geometry"), where("geometry"))
+    if not isinstance(raw.get("guessed", False), bool):
+        raise SpecError(f"{where('guessed')} must be true or false (delete it once the layer is checked)")
+    kwargs["guessed"] = raw.get("guessed", False)
     return LayerSpec(**kwargs)
 
 
@@ -297,6 +304,8 @@ def _parse_models(models: Any, lines: _Lines, path: Path | str) -> dict[str, Any
             raise SpecError(f"{at} must be a table of constructor arguments")
         if key == "input_shape":
             check_input_shape(value, at)
+        if key == "example_inputs" and (not isinstance(value, str) or not value):
+            raise SpecError(f"{at} must be a file of tensors or 'file.py:make_inputs', got {short(value)}")
     return models
 
 
@@ -341,6 +350,8 @@ def _layer_table(layer: LayerSpec) -> dict[str, Any]:
         table["target_padding"] = _compact(layer.target_padding)
     if layer.geometry is not None:
         table["geometry"] = layer.geometry
+    if layer.guessed:
+        table["guessed"] = True
     return table
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..compare import flatten_output
 from ..errors import SpecError, VerificationError
+from ..examples import ExampleInputs, random_inputs
 from ..geometry import SubPixelPlan, TargetGeometry
 from ..nn import clone_module, convert_model, subpixel_forward
 from ..rewrite import transposed_to_subpixel
@@ -254,6 +255,39 @@ def _flat(output: Any) -> torch.Tensor:
     return torch.cat(tensors) if tensors else torch.zeros(0, dtype=torch.float64)
 
 
+def _run_both(
+    old_model: nn.Module, new_model: nn.Module, inputs: ExampleInputs, seed: int, hint: str, what: str, given: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' flattened outputs on ``inputs`` (float64, same seed); a failing run is explained."""
+    try:
+        want = _flat(inputs.run(old_model, seed=seed, dtype=torch.float64))
+    except Exception as e:  # the user's forward may raise anything
+        raise SpecError(
+            f"the source model cannot run on {what} ({type(e).__name__}: {_first_line(e)}); give the input it takes: "
+            "input_shape=(N, C, H, W) for one tensor, or example_inputs=FILE for several (a .pt/.safetensors file "
+            "of args.N/kwargs.NAME tensors, or file.py:make_inputs)"
+        ) from None
+    try:
+        got = _flat(inputs.run(new_model, seed=seed, dtype=torch.float64))
+    except Exception as e:
+        advice = hint or (
+            ""
+            if given
+            else "; that input was guessed from the source model: if the models need another, "
+            "pass input_shape=(N, C, H, W) or example_inputs=FILE"
+        )
+        raise SpecError(
+            f"the target model fails on input {inputs.describe()}, which the source model takes "
+            f"({type(e).__name__}: {_first_line(e)}){advice}"
+        ) from None
+    return want, got
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def end_to_end(
     old_state: Mapping[str, torch.Tensor],
     new_state: Mapping[str, torch.Tensor],
@@ -263,8 +297,9 @@ def end_to_end(
     input_shape: tuple[int, ...] | None,
     seed: int = 0,
     targets: Mapping[str, TargetGeometry] | None = None,
+    inputs: ExampleInputs | None = None,
 ) -> dict[str, Any] | None:
-    """Load both states into their models (strict) and compare outputs on one random input, in float64.
+    """Load both states into their models (strict) and compare outputs on one input, in float64.
 
     Args:
         old_state: the original state_dict, for ``source_model``.
@@ -272,16 +307,21 @@ def end_to_end(
             ``convert_model(source_model)``).
         source_model, target_model: the models (copied; the originals are not touched).
         prefix: a wrapper prefix the states' keys carry and the models' keys do not.
-        input_shape: the model input; ``None`` guesses one from the first layer.
-        seed: seed of the random input.
+        input_shape: the shape of one random input; ``None`` guesses one from the first layer.
+        seed: seed of the random input, and of torch's generator while each model runs (a
+            model that samples draws the same numbers in both runs).
         targets: each converted layer's target geometry (``Conversion.targets``): without a
             target model, ``convert_model(source_model, targets=targets)`` is built in the same form.
+        inputs: real example inputs (positional and keyword: a timestep, a condition...), used
+            instead of a random tensor; floating-point ones are cast to float64.
 
     Returns:
-        ``None`` without a source model; ``{"skipped": reason}`` when no input shape is known; else
-        ``input_shape``, ``max_abs_error``, ``max_rel_error`` (over the values finite in both
-        outputs) and ``dtype``; plus ``non_finite_mismatch``, the count of values NaN/Inf in one
-        output only, when there are any (the errors are then NaN unless the old weights hold NaN/Inf).
+        ``None`` without a source model; ``{"skipped": reason}`` when no input is known; else
+        ``inputs`` (what the models ran on), ``input_shape`` (for one random tensor),
+        ``max_abs_error``, ``max_rel_error`` (over every tensor of the output, nested ones too,
+        and the values finite in both outputs) and ``dtype``; plus ``non_finite_mismatch``, the
+        count of values NaN/Inf in one output only, when there are any (the errors are then NaN
+        unless the old weights hold NaN/Inf).
 
     Raises:
         SpecError: the old state does not load into the source model, or the models cannot run.
@@ -300,38 +340,27 @@ def end_to_end(
     _load_strict(
         new_model, new_state, prefix, VerificationError, "the new checkpoint does not load into the target model"
     )
-    shape = input_shape or guess_input(old_model)
-    if shape is None:
-        return {"skipped": "no input shape; pass input_shape=(N, C, H, W) with the model's input shape"}
-    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    given = inputs is not None or input_shape is not None
+    shape = None
+    if inputs is None:
+        shape = input_shape or guess_input(old_model)
+        if shape is None:
+            return {"skipped": "no input known; pass input_shape=(N, C, H, W), or example_inputs=FILE for several"}
+        inputs = random_inputs(shape, seed=seed)
+        what = f"input_shape={tuple(shape)}" if input_shape is not None else f"the input {tuple(shape)}"
+    else:
+        what = f"example_inputs={inputs.source!r} ({inputs.describe()})"
     hint = "" if target_model is None else _converted_without_shuffle(target_model, old_state, new_state)
-    with torch.no_grad():
-        try:
-            want = _flat(old_model(x))
-        except Exception as e:  # a guessed shape was tried on the source model: this one was given
-            raise SpecError(
-                f"the source model cannot run on input_shape={shape} ({type(e).__name__}: {e}); give the input it takes"
-            ) from None
-        try:
-            got = _flat(new_model(x))
-        except Exception as e:
-            advice = hint or (
-                ""
-                if input_shape is not None
-                else f"; the input {shape} was guessed from the source model: if the models need another, "
-                "pass input_shape=(N, C, H, W)"
-            )
-            raise SpecError(
-                f"the target model fails on input {tuple(shape)}, which the source model takes "
-                f"({type(e).__name__}: {e}){advice}"
-            ) from None
+    want, got = _run_both(old_model, new_model, inputs, seed, hint, what, given)
     if want.shape != got.shape:
         raise VerificationError(
             f"end-to-end: old model output {tuple(want.shape)} vs new {tuple(got.shape)}{hint}; nothing was written"
         )
     abs_err, scale, odd = _compare(want, got)
     result = {
-        "input_shape": list(shape),
+        "inputs": inputs.describe(),
+        "inputs_source": inputs.source,
+        **({"input_shape": list(shape)} if shape is not None else {}),
         "max_abs_error": abs_err,
         "max_rel_error": abs_err / scale,
         "dtype": "float64",

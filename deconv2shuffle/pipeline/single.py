@@ -21,10 +21,18 @@ from ..core.keys import KeyRules
 from ..core.optimizer import remap_container
 from ..core.sources import Sources, load_sources
 from ..core.verify import DEFAULT_TOLERANCE, Tolerance, end_to_end
-from ..errors import Deconv2ShuffleError, UsageError, VerificationError
+from ..errors import Deconv2ShuffleError, SpecError, UsageError, VerificationError
+from ..examples import ExampleInputs, load_example_inputs
 from ..geometry import Mode
 from ..report import MigrationReport
-from .files import ReadOptions, check_new_file, write_report
+from .files import ReadOptions
+from .places import ReportPlace, named_files, ref_file, source_files
+
+NO_MODEL = (
+    "ONLY THE PER-LAYER CHECKS RAN: no source model is known, so the whole model was never run and a wrong "
+    "stride or padding in the spec would go unseen; give source_model='file.py:Name' (or [models] source in "
+    "the spec) to check the whole model"
+)
 
 
 def migrate(
@@ -51,6 +59,8 @@ def migrate(
     report_path: str | Path | None = None,
     hash_source: bool = True,
     geometry: Mode = "minimal",
+    example_inputs: str | Path | ExampleInputs | None = None,
+    accept_guesses: bool = False,
 ) -> MigrationReport:
     """Convert checkpoint ``src`` into ``dst``: match layers, rewrite exactly, verify, write atomically.
 
@@ -68,7 +78,8 @@ def migrate(
         force: replace an existing output (atomically), even the input itself, and an existing
             report file.
         tolerance: max relative float64 error of each converted layer.
-        input_shape: the model input for the end-to-end check (default: the spec's, else guessed).
+        input_shape: the shape of the one random input of the end-to-end check (default: the
+            spec's, else guessed from the source model).
         allow_missing: accept target keys the checkpoint cannot fill.
         drop_unexpected: leave out keys the target model does not have.
         report_path: also write the report here (``.json`` or Markdown), on failure too; checked
@@ -77,6 +88,13 @@ def migrate(
         hash_source: record the source's sha256 in safetensors metadata (costs one full read).
         geometry: the exact form of layers no target model or spec fixes: ``"minimal"`` (the
             fewest multiply-adds, what ``convert_model`` builds), ``"tight"`` or ``"symmetric"``.
+        example_inputs: real inputs for the end-to-end check, for models that take several (a
+            timestep, a condition): a ``.pt``/``.safetensors`` file of ``args.N`` / ``kwargs.NAME``
+            tensors, a ``file.py:make_inputs`` reference (its code runs), or an
+            :class:`~deconv2shuffle.examples.ExampleInputs` (default: the spec's ``[models]
+            example_inputs``). Not with ``input_shape``.
+        accept_guesses: convert layers a draft spec still marks ``guessed = true`` although no
+            source model checks the result end to end (otherwise refused).
 
     Returns:
         The :class:`MigrationReport` (``ok`` true).
@@ -86,7 +104,7 @@ def migrate(
             holds the failed run's report as plain data.
     """
     src, out = Path(src), None if dst is None else Path(dst)
-    place = _ReportPlace(report_path, [src, *_named_files(spec, source_model, target_model)], out, force)
+    place = ReportPlace(report_path, [src, *named_files(spec, source_model, target_model)], out, force)
     try:
         place.check()  # before any work: the report must not replace an input, the output, or a file
         shape = _input_shape(input_shape)
@@ -96,11 +114,22 @@ def migrate(
             sources = load_sources(spec, source_model, target_model, source_args, target_args)
         elif any(v is not None for v in (spec, source_model, target_model)):
             raise UsageError("give sources=... or spec= / source_model= / target_model=, not both")
-        place.add_inputs(_source_files(sources))
+        place.add_inputs(source_files(sources))
+        inputs = _example_inputs(example_inputs, sources, reading, shape, place)
         how = _Settings(
-            approx, tuple(rename), tuple(drop), force, tolerance, allow_missing, drop_unexpected, hash_source, geometry
+            approx,
+            tuple(rename),
+            tuple(drop),
+            force,
+            tolerance,
+            allow_missing,
+            drop_unexpected,
+            hash_source,
+            geometry,
+            accept_guesses,
         )
-        report = _run(src, out, sources, reading, shape, how, place)
+        _refuse_guesses(sources, how, checked=None if sources.source_model is not None else False)
+        report = _run(src, out, sources, reading, (shape, inputs), how, place)
     except Deconv2ShuffleError as e:
         failed = MigrationReport(source_file=str(src), output_file=None if out is None else str(out), notes=[str(e)])
         e.report = failed.failure(str(e), e.exit_code)
@@ -109,54 +138,6 @@ def migrate(
         raise
     place.write(report)
     return report
-
-
-class _ReportPlace:
-    """Where the report goes, checked like an output: never an input or the output of the run,
-    never a non-regular file, never an existing file without ``force``."""
-
-    def __init__(self, path: str | Path | None, inputs: list[Path], out: Path | None, force: bool) -> None:
-        self.path = None if path is None else Path(path)
-        self.inputs, self.outputs, self.force = list(inputs), [] if out is None else [out], force
-        self.checked = False
-
-    def add_inputs(self, paths: Sequence[Path]) -> None:
-        self.inputs.extend(paths)
-        self.check()
-
-    def check(self) -> None:
-        self.checked = False
-        if self.path is not None:
-            check_new_file(self.path, inputs=self.inputs, outputs=self.outputs, force=self.force)
-            self.checked = True
-
-    def write(self, report: MigrationReport, error: str | None = None, exit_code: int = 0) -> None:
-        """Write the report, unless its place was refused (a refused place is never written to)."""
-        if self.path is not None and self.checked:
-            outputs = [*self.outputs, *map(Path, report.written)]
-            write_report(report, self.path, error, exit_code, inputs=self.inputs, outputs=outputs, force=self.force)
-
-
-def _ref_file(ref: str | None) -> list[Path]:
-    """The Python file a model reference names (``"dir/m.py:Name"`` -> ``dir/m.py``), if it names one."""
-    where = (ref or "").rpartition(":")[0]
-    return [Path(where)] if where.endswith(".py") else []
-
-
-def _named_files(spec: str | Path | None, source_model: str | None, target_model: str | None) -> list[Path]:
-    return [*([Path(spec)] if spec else []), *_ref_file(source_model), *_ref_file(target_model)]
-
-
-def _source_files(sources: Sources) -> list[Path]:
-    """The files a run's sources came from: the spec, and the model files it names."""
-    spec = sources.spec
-    if spec is None:
-        return []
-    return [
-        *([spec.path] if spec.path else []),
-        *_ref_file(spec.model_ref("source")),
-        *_ref_file(spec.model_ref("target")),
-    ]
 
 
 @dataclass(frozen=True)
@@ -172,6 +153,47 @@ class _Settings:
     drop_unexpected: bool
     hash_source: bool
     geometry: Mode = "minimal"
+    accept_guesses: bool = False
+
+
+def _example_inputs(
+    given: str | Path | ExampleInputs | None,
+    sources: Sources,
+    reading: ReadOptions,
+    shape: tuple[int, ...] | None,
+    place: ReportPlace,
+) -> ExampleInputs | None:
+    """The end-to-end check's example inputs: given, or the spec's ``[models] example_inputs``."""
+    if given is None and sources.spec is not None:
+        given = sources.spec.model_ref("example_inputs")
+    if given is None:
+        return None
+    if shape is not None:
+        raise UsageError(f"input_shape={shape} and example_inputs={str(given)!r} say the same thing; give one")
+    if isinstance(given, ExampleInputs):
+        return given
+    place.add_inputs(ref_file(str(given)) if ":" in str(given) else [Path(given)])
+    return load_example_inputs(given, trust_pickle=reading.trust_pickle)
+
+
+def _refuse_guesses(sources: Sources, how: _Settings, checked: bool | None) -> None:
+    """A layer still marked ``guessed = true`` converts only when the whole model is checked, or when accepted.
+
+    ``checked``: whether the end-to-end check ran (``None``: not known yet, it runs later).
+    """
+    spec = sources.spec
+    guessed = [x for x in spec.layers if x.guessed] if spec is not None else []
+    if not guessed or how.accept_guesses or checked is not False:
+        return
+    first = guessed[0]
+    where = f"{spec.path if spec is not None and spec.path else '<spec>'}" + (f":{first.line}" if first.line else "")
+    more = f" (and {len(guessed) - 1} more)" if len(guessed) > 1 else ""
+    raise SpecError(
+        f"{where}: layer {first.source!r}{more} is still marked guessed = true: a checkpoint alone cannot tell "
+        "stride or padding, and no source model checks the result end to end; check the layer against the "
+        "trained model and delete the guessed line, or give source_model='file.py:Name', or pass "
+        "accept_guesses=True to convert the guess as it stands"
+    )
 
 
 def _input_shape(value: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -185,11 +207,12 @@ def _run(
     out: Path | None,
     sources: Sources,
     reading: ReadOptions,
-    shape: tuple[int, ...] | None,
+    given: tuple[tuple[int, ...] | None, ExampleInputs | None],
     how: _Settings,
-    place: _ReportPlace,
+    place: ReportPlace,
 ) -> MigrationReport:
-    """load -> convert -> verify -> save."""
+    """load -> convert -> verify -> save; ``given``: the input shape or the example inputs, if any."""
+    shape, inputs = given
     ckpt = reading.load(src)
     place.add_inputs(ckpt.files)  # a sharded input's shards too
     source_hash = _prepare_output(ckpt, out, how)
@@ -197,9 +220,11 @@ def _run(
     report = conversion.report
     report.loads_into = sources.loads_into([(x.source, x.target) for x in report.layers])
     _describe_source(report, ckpt, out)
-    if shape is None and sources.spec is not None and sources.spec.models.get("input_shape"):
+    if shape is None and inputs is None and sources.spec is not None and sources.spec.models.get("input_shape"):
         shape = tuple(sources.spec.models["input_shape"])
-    _verify_model(report, ckpt, conversion, sources, shape, how)
+    _verify_model(report, ckpt, conversion, sources, (shape, inputs), how)
+    e2e = report.end_to_end
+    _refuse_guesses(sources, how, checked=bool(e2e) and "skipped" not in e2e)
     updates = _optimizer_updates(report, ckpt, conversion, sources)
     if out is not None:
         _save(report, out, ckpt, conversion, updates, source_hash, how.force)
@@ -247,10 +272,13 @@ def _verify_model(
     ckpt: Checkpoint,
     conversion: Conversion,
     sources: Sources,
-    shape: tuple[int, ...] | None,
+    given: tuple[tuple[int, ...] | None, ExampleInputs | None],
     how: _Settings,
 ) -> None:
-    """Run old and new model end to end when models are known; refuse a result that differs."""
+    """Run old and new model end to end when models are known; refuse a result that differs.
+
+    Without a source model, the report says loudly that only the per-layer checks ran.
+    """
     source_model, target_model = sources.source_model, sources.target_model
     dropped_source_keys = (
         how.drop_unexpected and target_model is not None and any(k in report.dropped for k in ckpt.state_dict)
@@ -265,12 +293,15 @@ def _verify_model(
             source_model,
             target_model,
             report.key_prefix,
-            shape,
+            given[0],
             targets=conversion.targets,
+            inputs=given[1],
         )
     except VerificationError as e:
         raise VerificationError(f"{e}{conversion.crop_hint()}") from None
     if e2e is None:
+        if sources.source_model is None:
+            report.end_to_end = {"skipped": NO_MODEL}
         return
     report.end_to_end = e2e
     folded = [x for x in report.layers if x.weight_norm_folded]
