@@ -68,6 +68,13 @@ _PUBLIC: dict[str, str] = {
     "inspect_checkpoint": "pipeline",
     "draft_spec": "pipeline",
     "run_bench": "pipeline",
+    # ready converted models, and example inputs for the end-to-end check
+    "load_converted": "loading",
+    "save_converted_pretrained": "loading",
+    "load_converted_pretrained": "loading",
+    "ExampleInputs": "examples",
+    "load_example_inputs": "examples",
+    "save_example_inputs": "examples",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]
@@ -80,6 +87,7 @@ if TYPE_CHECKING:
     from .core.sources import Sources, Target, load_sources, pair_layers
     from .core.spec import LayerSpec, Spec, dump_spec, load_spec, parse_spec
     from .core.verify import Tolerance, end_to_end, verify_layer
+    from .examples import ExampleInputs, load_example_inputs, save_example_inputs
     from .geometry import (
         SubPixelPlan,
         TargetGeometry,
@@ -90,6 +98,7 @@ if TYPE_CHECKING:
         smallest,
         subpixel_to_transposed,
     )
+    from .loading import load_converted, load_converted_pretrained, save_converted_pretrained
     from .nn import (
         PixelShuffle,
         SubPixelConvTranspose1d,

@@ -255,7 +255,13 @@ def _first_line(error: BaseException) -> str:
 def save_example_inputs(path: str | Path, *args: torch.Tensor, **kwargs: torch.Tensor) -> Path:
     """Write tensors as example inputs (``args.N`` / ``kwargs.NAME`` keys) to ``.safetensors`` or a torch file.
 
-    Keyword inputs given as dicts of tensors are written as nested ``kwargs.NAME.SUB`` keys.
+    Args:
+        path: the file; ``.safetensors``, else a torch file.
+        args: the positional inputs, in order.
+        kwargs: the keyword inputs; dicts of tensors are written as nested ``kwargs.NAME.SUB`` keys.
+
+    Returns:
+        The path written, for ``--example-inputs``.
     """
     path = Path(path)
     flat: dict[str, torch.Tensor] = {}
@@ -337,7 +343,20 @@ def _is_reference(text: str) -> bool:
 
 
 def load_example_inputs(source: str | Path, *, trust_pickle: bool = False) -> ExampleInputs:
-    """Example inputs from a file path or a ``file.py:function`` / ``pkg.mod:function`` reference."""
+    """Example inputs from a file path or a ``file.py:function`` / ``pkg.mod:function`` reference.
+
+    Args:
+        source: a ``.pt``/``.pth``/``.safetensors`` file of ``args.N`` / ``kwargs.NAME`` tensors (or
+            a torch file of ``{"args": [...], "kwargs": {...}}``), or a function reference; the
+            function is imported and called with no arguments (its code runs).
+        trust_pickle: UNSAFE: read a torch file with full pickle; only for files you trust.
+
+    Returns:
+        The :class:`ExampleInputs`.
+
+    Raises:
+        SpecError: the file or function is missing, cannot be read, or gives something else.
+    """
     text = str(source)
     if isinstance(source, str) and _is_reference(text):
         return inputs_from_reference(text)

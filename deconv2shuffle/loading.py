@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,15 +125,31 @@ def load_converted(
     strict: bool = True,
     trust_pickle: bool = False,
     targets: dict[str, TargetGeometry] | None = None,
+    allow_globals: Sequence[str] = (),
 ) -> nn.Module:
     """The converted model with a checkpoint's weights, in eval mode.
 
-    ``model_or_factory`` is the model as trained (with ConvTranspose layers), or a function that
-    builds it; a given model is not modified. ``checkpoint_path`` holds the converted weights
-    (written by :func:`~deconv2shuffle.migrate`) or the original ones, in any format
-    :func:`~deconv2shuffle.load_checkpoint` reads; a prefix shared by every key (``model.``,
-    ``module.``) is dropped when that makes the keys match. ``targets`` picks target geometries
-    as in :func:`~deconv2shuffle.convert_model` and must match the ones the file was converted with.
+    Args:
+        model_or_factory: the model as trained (with ConvTranspose layers), or a function that
+            builds it; a given model is not modified.
+        checkpoint_path: the converted weights (written by :func:`~deconv2shuffle.migrate`) or the
+            original ones, in any format :func:`~deconv2shuffle.load_checkpoint` reads (a MONAI
+            bundle's ``{"net": ...}``, a training checkpoint's ``{"state_dict": ..., "args": ...}``);
+            a prefix shared by every key (``model.``, ``module.``) is dropped when that makes the
+            keys match.
+        state_dict_key: the entry holding the weights (default: found).
+        strict: load with ``strict=True`` (default): every key must match.
+        trust_pickle: UNSAFE: let the file's pickle run any code; only for files you trust.
+        targets: target geometries as in :func:`~deconv2shuffle.convert_model`; they must be the
+            ones the file was converted with.
+        allow_globals: globals (``"argparse.Namespace"``) the pickle may use besides tensors and
+            containers, a narrower choice than ``trust_pickle``.
+
+    Returns:
+        ``convert_model(model)`` with the weights loaded, in eval mode.
+
+    Raises:
+        CheckpointError: the file cannot be read, or its keys or shapes do not fit the model.
     """
     from .checkpoint import load_checkpoint
     from .nn import _TRANSPOSED, convert_model
@@ -141,7 +157,8 @@ def load_converted(
     path = Path(checkpoint_path)
     model, built_here = _build(model_or_factory)
     layers = [name for name, m in model.named_modules() if isinstance(m, _TRANSPOSED)]
-    ckpt = load_checkpoint(path, state_dict_key=state_dict_key, trust_pickle=trust_pickle)
+    extra = {"allow_globals": list(allow_globals)} if allow_globals else {}
+    ckpt = load_checkpoint(path, state_dict_key=state_dict_key, trust_pickle=trust_pickle, **extra)
     state: dict[str, Any] = {**ckpt.state_dict, **getattr(ckpt, "passthrough", {})}
     original_keys = set(model.state_dict())
     state = _strip_prefix(state, original_keys | {f"{name}.conv.weight" for name in layers})
@@ -185,7 +202,19 @@ def save_converted_pretrained(model: nn.Module, folder: str | os.PathLike[str], 
     or not. Writes ``subpixel_model.safetensors`` and ``config.json`` (with a ``_deconv2shuffle``
     entry listing the converted layers). ``from_pretrained`` of the folder fails for want of a
     ``diffusion_pytorch_model`` file instead of re-initialising the converted layers.
-    A folder that already has files needs ``force=True``.
+
+    Args:
+        model: the diffusers model, converted or not.
+        folder: where to write; a folder that already has files needs ``force``.
+        force: overwrite the folder's files (an original ``diffusion_pytorch_model`` file there is
+            removed, or ``from_pretrained`` would load it silently).
+
+    Returns:
+        The folder.
+
+    Raises:
+        SpecError: the model has no diffusers config.
+        OutputExistsError: the folder is a file, or is not empty without ``force``.
     """
     from safetensors.torch import save_model
 
@@ -219,8 +248,18 @@ def save_converted_pretrained(model: nn.Module, folder: str | os.PathLike[str], 
 def load_converted_pretrained(model_class: Any, folder: str | os.PathLike[str], *, strict: bool = True) -> nn.Module:
     """The converted diffusers model saved by :func:`save_converted_pretrained`, in eval mode.
 
-    ``model_class`` is the diffusers class that trained it (``UNet1DModel``...): the model is
-    built with ``model_class.from_config``, converted, and loaded with ``strict=True``.
+    Args:
+        model_class: the diffusers class that trained it (``UNet1DModel``...): the model is built
+            with ``model_class.from_config``, converted, and loaded.
+        folder: the folder :func:`save_converted_pretrained` wrote.
+        strict: load with ``strict=True`` (default).
+
+    Returns:
+        The converted model with its weights, in eval mode.
+
+    Raises:
+        CheckpointError: the folder holds no converted model (an unconverted one is named as
+            such), or its weights are missing or do not fit.
     """
     folder = Path(folder)
     if not (folder / _CONFIG_NAME).is_file():
