@@ -105,7 +105,9 @@ def test_readme_python_snippet_runs_as_written(monkeypatch):
     import torch
 
     text = README.read_text()
-    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "convert_model" in b]
+    (code,) = [
+        b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "SubPixelConvTranspose2d.from_transposed" in b
+    ]
     folder = scratch()
     monkeypatch.chdir(folder)
     scope: dict = {}

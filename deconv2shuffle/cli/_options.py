@@ -20,7 +20,8 @@ SourceModelOpt = Annotated[
     ),
 ]
 SourceArgsOpt = Annotated[
-    str | None, typer.Option("--source-args", metavar="JSON", help="JSON kwargs for the source model.")
+    str | None,
+    typer.Option("--source-args", metavar="JSON|@FILE", help="JSON kwargs for the source model, or @config.json."),
 ]
 TargetModelOpt = Annotated[
     str | None,
@@ -29,7 +30,8 @@ TargetModelOpt = Annotated[
     ),
 ]
 TargetArgsOpt = Annotated[
-    str | None, typer.Option("--target-args", metavar="JSON", help="JSON kwargs for the target model.")
+    str | None,
+    typer.Option("--target-args", metavar="JSON|@FILE", help="JSON kwargs for the target model, or @config.json."),
 ]
 StateKeyOpt = Annotated[
     str | None,

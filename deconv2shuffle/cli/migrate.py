@@ -40,7 +40,7 @@ from ._options import (
 )
 
 NAME = "migrate"
-OUTPUT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".safetensors.index.json")
+OUTPUT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar", ".safetensors", ".safetensors.index.json")
 
 
 @handle_errors
@@ -157,7 +157,7 @@ def _check_new(old: Path, new: Path) -> None:
         what = f"the extension {new.suffix!r}" if new.suffix else "a name without an extension"
         raise UsageError(
             f"{new}: the output format follows NEW's extension and cannot be told from {what}; name it "
-            ".pth/.pt/.ckpt/.bin (torch), .safetensors, or .safetensors.index.json (sharded safetensors)"
+            ".pth/.pt/.ckpt/.bin/.pth.tar (torch), .safetensors, or .safetensors.index.json (sharded safetensors)"
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 
 from .. import __version__
 from ..errors import SpecError
+from .models import model_args
 from .shapes import guess_layers
 from .sources import load_sources
 from .spec import LayerSpec, Spec
@@ -48,11 +48,11 @@ def draft_from_models(
     comments.append("[models]: file paths are read relative to this spec's folder")
     models: dict[str, Any] = {"source": source_model}
     if source_args:
-        models["source_args"] = json.loads(source_args)
+        models["source_args"] = model_args(source_args, "source_args")
     if target_model:
         models["target"] = target_model
         if target_args:
-            models["target_args"] = json.loads(target_args)
+            models["target_args"] = model_args(target_args, "target_args")
     return Spec(layers=layers, models=models), comments
 
 

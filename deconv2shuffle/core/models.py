@@ -44,7 +44,7 @@ def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str 
     if ":" not in ref:
         raise SpecError(f"{name_of}: expected 'package.module:Name' or 'path/to/file.py:Name'")
     where, _, name = ref.rpartition(":")
-    kwargs = _parse_args(args, what.replace("model", "args"))
+    kwargs = model_args(args, what.replace("model", "args"))
     try:
         if where.endswith(".py") or "/" in where or "\\" in where:
             path = Path(where)
@@ -91,13 +91,31 @@ def _file_hint(where: str, name: str, what: str, error: ModuleNotFoundError) -> 
     return f"; to load the file {candidate}, write {what}='{candidate.as_posix()}:{name}'"
 
 
-def _parse_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
+def model_args(args: str | dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """Constructor arguments: a dict, JSON object text, or ``@file.json`` (a diffusers ``config.json``...).
+
+    Args:
+        args: the value given.
+        what: the parameter's name, for messages.
+
+    Returns:
+        The keyword arguments.
+
+    Raises:
+        SpecError: not a JSON object, or the file cannot be read.
+    """
     if args is None or args == "":
         return {}
     if isinstance(args, dict):
         return args
+    text = args
+    if args.startswith("@"):
+        try:
+            text = Path(args[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"{what}={args!r}: cannot read {args[1:]} ({getattr(e, 'strerror', None) or e})") from None
     try:
-        value = json.loads(args)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError(f"{what}={args!r}: not valid JSON ({e})") from None
     if not isinstance(value, dict):
