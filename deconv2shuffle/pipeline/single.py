@@ -224,7 +224,7 @@ def _run(
         shape = tuple(sources.spec.models["input_shape"])
     _verify_model(report, ckpt, conversion, sources, (shape, inputs), how)
     e2e = report.end_to_end
-    _refuse_guesses(sources, how, checked=bool(e2e) and "skipped" not in e2e)
+    _refuse_guesses(sources, how, checked=e2e is not None and "skipped" not in e2e)
     updates = _optimizer_updates(report, ckpt, conversion, sources)
     if out is not None:
         _save(report, out, ckpt, conversion, updates, source_hash, how.force)
