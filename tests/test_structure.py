@@ -226,3 +226,15 @@ def test_internal_helpers_are_private():
             continue  # running it is the command line
         module = importlib.import_module(info.name)
         assert not [n for n in getattr(module, "__all__", []) if n.startswith("_") and n != "__version__"], info.name
+
+
+def test_the_package_type_checks_strictly(tmp_path):
+    """``mypy --strict`` (the settings of pyproject.toml) finds nothing in the package."""
+    pytest.importorskip("mypy", reason="mypy is in the test extra: pip install -e '.[test]'")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "--no-error-summary", "deconv2shuffle"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
