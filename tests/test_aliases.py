@@ -110,6 +110,7 @@ def test_spec_from_the_model_lists_every_alias(tmp_path, cli):
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert 'source = "ups.0.up"' in text and 'source = "skip.block.up"' in text
+    assert "# ups.0.up = skip.block.up: one module reachable under 2 names" in text
 
 
 def test_inspect_lists_every_alias(tmp_path, cli):

@@ -46,6 +46,7 @@ def draft_from_models(
             'cropping both ends) is used; geometry = "symmetric" gives a crop-free Conv + PixelShuffle'
         )
     comments.append("[models]: file paths are read relative to this spec's folder")
+    comments += _shared_notes(sources.source_model, [x.source for x in layers])
     models: dict[str, Any] = {"source": source_model}
     if source_args:
         models["source_args"] = model_args(source_args, "source_args")
@@ -54,6 +55,22 @@ def draft_from_models(
         if target_args:
             models["target_args"] = model_args(target_args, "target_args")
     return Spec(layers=layers, models=models), comments
+
+
+def _shared_notes(model: torch.nn.Module | None, names: list[str]) -> list[str]:
+    """One comment per module listed under several names (each name's keys are converted)."""
+    if model is None:
+        return []
+    modules = dict(model.named_modules(remove_duplicate=False))
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(id(modules[name]), []).append(name)
+    return [
+        f"{' = '.join(group)}: one module reachable under {len(group)} names; the checkpoint holds its weights "
+        "under each, and each is converted"
+        for group in groups.values()
+        if len(group) > 1
+    ]
 
 
 def draft_from_state(state: Mapping[str, torch.Tensor], checkpoint: str = "checkpoint") -> tuple[Spec, list[str]]:
