@@ -27,7 +27,6 @@ def test_migrate_dry_run_on_onnx_writes_nothing(tmp_path, cli):
     assert json.loads(result.stdout)["nodes"][0]["status"] == "convertible"
 
 
-
 def test_inspect_lists_the_onnx_nodes(cli):
     result = cli("inspect", SAMPLE, "--json")
     assert result.exit_code == 0, result.output

@@ -13,7 +13,7 @@ resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ __all__ = [
 
 def migrate_onnx(
     src: str | Path,
-    dst: str | Path,
+    dst: str | Path | None,
     *,
     force: bool = False,
     verify: bool = True,
@@ -46,6 +46,7 @@ def migrate_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     external_data: bool | None = None,
     seed: int = 0,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
 ) -> OnnxReport:
     """Rewrite every ConvTranspose of the ONNX model ``src`` into Conv + pixel shuffle + crop; write ``dst``.
 
@@ -56,6 +57,7 @@ def migrate_onnx(
     Args:
         src: the model (``.onnx``; external data beside it is read too).
         dst: the output; refused if it exists unless ``force=True``, and always if it is ``src``.
+            ``None``: a dry run (every check runs, nothing is written).
         force: replace an existing ``dst``.
         verify: check each rewritten node in float64 against torch's ``conv_transpose``.
         end_to_end: run the original and the rewritten model in ONNX Runtime (when installed) on
@@ -66,6 +68,8 @@ def migrate_onnx(
         external_data: write the weights to ``<dst>.data`` (default: when the input had external
             data or the weights would not fit in one 2 GiB protobuf).
         seed: seed of the random inputs.
+        on_read: called with the external-data files (checked, none read yet) before their
+            bytes are read; a batch records their identity there.
 
     Returns:
         The :class:`OnnxReport`: every node's old and new geometry, MACs ratio and error, the
@@ -91,6 +95,7 @@ def migrate_onnx(
         input_shapes=input_shapes,
         external_data=external_data,
         seed=seed,
+        on_read=on_read,
     )
 
 

@@ -118,9 +118,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> LoadedModel:
+def read_model(
+    path: str | os.PathLike[str],
+    *,
+    load_data: bool = True,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
+) -> LoadedModel:
     """Read ``path`` and (unless ``load_data`` is false) its external data, after ``onnx.checker``.
 
+    ``on_read`` is called with the external-data files once they are checked and before any of
+    their bytes is read (a batch records their identity then).
     Raises :class:`OnnxModelError` with one line naming the file for anything unreadable.
     """
     require_onnx(path)
@@ -154,6 +161,8 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
         onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError) as e:
         raise OnnxModelError(f"{path}: the model fails onnx.checker ({_first_line(e)}); fix or re-export it") from None
+    if on_read is not None:
+        on_read(files)
     if files and load_data:
         from onnx.external_data_helper import load_external_data_for_model
 

@@ -7,7 +7,7 @@ matches the original on random inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -103,7 +103,7 @@ def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, v
 
 def migrate_onnx(
     src: str | Path,
-    dst: str | Path,
+    dst: str | Path | None,
     *,
     force: bool = False,
     verify: bool = True,
@@ -112,13 +112,18 @@ def migrate_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     external_data: bool | None = None,
     seed: int = 0,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
 ) -> OnnxReport:
     """See :func:`deconv2shuffle.onnx_graph.migrate_onnx` (this module needs ``onnx`` at import)."""
-    src, dst = Path(src), Path(dst)
-    check_destination(src, dst, force=force)
-    loaded = read_model(src)
-    check_destination(src, dst, force=force, input_files=loaded.external_files)
-    report = OnnxReport(source_file=str(src), output_file=str(dst), opset=loaded.opset, tolerance=tolerance)
+    src, dst = Path(src), None if dst is None else Path(dst)
+    if dst is not None:
+        check_destination(src, dst, force=force)
+    loaded = read_model(src, on_read=on_read)
+    if dst is not None:
+        check_destination(src, dst, force=force, input_files=loaded.external_files)
+    report = OnnxReport(
+        source_file=str(src), output_file=None if dst is None else str(dst), opset=loaded.opset, tolerance=tolerance
+    )
     original = reference(loaded.model, input_shapes, seed) if end_to_end else None
     plans = _plan_all(loaded, report)
     if not report.nodes:
@@ -127,7 +132,7 @@ def migrate_onnx(
     report.removed = _rewrite_all(loaded.model, plans, opset, verify=verify, seed=seed)
     if not verify:
         report.notes.append("per-node float64 checks were not run (verify=False)")
-    external = _external(loaded, external_data, dst, report)
+    external = _external(loaded, external_data, dst or src, report)
     check_graph(loaded.model)
     report.checks.append("onnx.checker full check (strict shape inference included): passed")
     if original is None:
@@ -135,7 +140,10 @@ def migrate_onnx(
     else:
         report.end_to_end = compare(original, loaded.model, tolerance=tolerance)
     del original
-    report.written = [str(p) for p in write_model(loaded.model, dst, external=external)]
+    if dst is None:
+        report.notes.append("dry run: every check ran, nothing was written")
+    else:
+        report.written = [str(p) for p in write_model(loaded.model, dst, external=external)]
     report.ok = True
     return report
 
