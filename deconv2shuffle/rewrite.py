@@ -108,13 +108,18 @@ def transposed_to_subpixel(
     nk, nK = math.prod(k), math.prod(K)
     src_idx, dst_idx, dropped = _index_map(plan)
 
-    bits = _bits(weight).reshape(G, c_in // G, c_out_g, nk).transpose(1, 2)  # (G, C_out/G, C_in/G, taps)
-    out = bits.new_zeros(G, c_out_g, c_in // G, R * nK)
-    if src_idx:
-        out.index_copy_(3, torch.tensor(dst_idx), bits[..., torch.tensor(src_idx)])
-    out = out.reshape(G, c_out_g, c_in // G, R, *K)
-    out = out.movedim(3, 2).reshape(c_out * R, c_in // G, *K)
-    new_weight = out.view(weight.dtype)
+    bits = _bits(weight).reshape(G, c_in // G, c_out_g, nk).transpose(1, 2)  # (G, C_out/G, C_in/G, taps), a view
+    # Built in the Conv's own layout (G, C_out/G, R, C_in/G, K...) one phase at a time: a phase is
+    # one gather of its taps, so each value is copied once, with no zero fill or reorder pass after.
+    table = torch.full((R * nK,), -1, dtype=torch.long)
+    table[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
+    out = bits.new_empty(G, c_out_g, R, c_in // G, nK)
+    for phase, taps in enumerate(table.view(R, nK)):
+        out[:, :, phase] = bits[..., taps.clamp(min=0)]
+        empty = (taps < 0).nonzero().flatten()
+        if empty.numel():
+            out[:, :, phase, :, empty] = 0  # positions no source tap reaches
+    new_weight = out.reshape(c_out * R, c_in // G, *K).view(weight.dtype)
 
     mass = 0.0
     if dropped:
