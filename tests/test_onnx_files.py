@@ -237,3 +237,52 @@ def test_missing_input_and_folder_input(tmp_path: Path) -> None:
     with pytest.raises(OnnxModelError, match=r"dir.onnx: is a folder, not an ONNX file"):
         inspect_onnx(tmp_path / "dir.onnx")
     _only(tmp_path, "dir.onnx")
+
+
+def test_deferred_weights_are_written_as_one_message_protobuf_reads_back(tmp_path: Path) -> None:
+    """The writer's own framing of placeholder weights, held against protobuf's parser and ONNX Runtime."""
+    import io
+
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from deconv2shuffle.onnx_graph.deferred import placeholder, write_spliced
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 40)).astype(np.float32)  # large enough for a multi-byte length
+    q = rng.integers(-128, 127, (3000,)).astype(np.int8)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["qf"], ["s"], keepdims=0),
+        helper.make_node("Add", ["y", "s"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 40])],
+        [numpy_helper.from_array(np.ones(3, np.float32), "kept")],
+    )
+    full = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    full.metadata_props.add(key="k", value="v")  # a field after the graph's: the order on the wire does not matter
+    held = onnx.ModelProto()
+    held.CopyFrom(full)
+    deferred = {}
+    for name, values in (("w", w), ("q", q), ("gone", w)):
+        proto = held.graph.initializer.add() if name != "gone" else onnx.TensorProto()
+        deferred[name] = placeholder(proto, name, numpy_helper.from_array(values).data_type, torch.from_numpy(values))
+        if name != "gone":
+            full.graph.initializer.append(numpy_helper.from_array(values, name))
+    before = held.SerializeToString()
+    buffer = io.BytesIO()
+    write_spliced(held, deferred, buffer)
+    data = buffer.getvalue()
+    assert onnx.ModelProto.FromString(data) == full  # placeholders filled, appended in order; "gone" is not
+    assert held.SerializeToString() == before  # the placeholders are back
+    (tmp_path / "m.onnx").write_bytes(data)
+    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+    assert looks_like_onnx(tmp_path / "m.onnx")
+    x = random_input([2, 64])
+    [got] = run(tmp_path / "m.onnx", {"x": x})
+    np.testing.assert_allclose(got, x @ w + q.astype(np.float32).sum(), rtol=1e-5)

@@ -11,10 +11,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputExistsError
 from .errors import OnnxModelError, missing_onnx
@@ -27,6 +27,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 # A margin for everything that is not tensor data (nodes, names, shapes) when deciding whether a
 # model still fits in one protobuf message.
 _INLINE_LIMIT = PROTOBUF_LIMIT - 64 * 2**20
+SKELETON_BIG = 4096  # initializers above this many bytes become typed graph inputs in the skeleton
 
 # ModelProto's field tags as they appear on the wire (field number << 3 | wire type); protobuf
 # writers emit fields in number order, so ``ir_version`` (field 1, varint) comes first.
@@ -174,7 +175,7 @@ def read_model(
 
 
 def skeleton(
-    model: onnx.ModelProto, big: int = 4096, movable: Callable[[onnx.TensorProto], bool] | None = None
+    model: onnx.ModelProto, big: int = SKELETON_BIG, movable: Callable[[onnx.TensorProto], bool] | None = None
 ) -> onnx.ModelProto:
     """The model without its weights: each large or external initializer becomes a typed graph input.
 
@@ -265,14 +266,19 @@ def _staging(dst: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_model(model: onnx.ModelProto, dst: Path, *, external: bool) -> list[Path]:
+def write_model(
+    model: onnx.ModelProto, dst: Path, *, external: bool, deferred: Mapping[str, Any] | None = None
+) -> list[Path]:
     """Write ``model`` to ``dst`` (and ``dst.data`` when ``external``), atomically.
 
     Everything is written into a temporary folder beside ``dst``, fsynced, then moved into place
     with ``os.replace``: the data file first, then the model. On any failure nothing is left
-    behind. ``model`` is changed when ``external`` (its tensors then point at the data file).
+    behind. ``deferred``: the values of placeholder initializers (see :mod:`.deferred`), streamed
+    into the file. ``model`` is changed when ``external`` (its tensors then point at the data file).
     """
     import onnx
+
+    from .deferred import fill, write_spliced
 
     written: list[Path] = []
     with _staging(dst) as folder:
@@ -280,6 +286,7 @@ def write_model(model: onnx.ModelProto, dst: Path, *, external: bool) -> list[Pa
         files = [staged]
         try:
             if external:
+                fill(model, deferred or {})
                 onnx.save_model(
                     model,
                     str(staged),
@@ -291,7 +298,8 @@ def write_model(model: onnx.ModelProto, dst: Path, *, external: bool) -> list[Pa
                 if (folder / data_file_name(dst)).exists():
                     files.insert(0, folder / data_file_name(dst))
             else:
-                onnx.save_model(model, str(staged))
+                with open(staged, "wb") as f:
+                    write_spliced(model, deferred or {}, f)
             for f in files:
                 _fsync(f)
         except (OSError, ValueError) as e:

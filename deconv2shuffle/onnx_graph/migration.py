@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -26,7 +27,7 @@ from .graph import (
     subgraphs,
 )
 from .report import OnnxReport
-from .runtime import compare, reference
+from .runtime import Reference, compare, reference
 from .verify import check_graph
 
 D2S_OPSET = 11
@@ -78,16 +79,29 @@ def _choose_opset(model: onnx.ModelProto, opset: int, plans: list[NodePlan], rep
     return D2S_OPSET
 
 
-def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, verify: bool, seed: int) -> list[str]:
-    """Replace every planned node in place; returns the values that became unused and were removed."""
+def _rewrite_all(
+    model: onnx.ModelProto,
+    plans: list[NodePlan],
+    opset: int,
+    deferred: dict[str, Any],
+    *,
+    verify: bool,
+    seed: int,
+    read: Mapping[str, Any],
+) -> list[str]:
+    """Replace every planned node in place; returns the values that became unused and were removed.
+
+    Large new weights go into ``deferred`` (placeholders in the graph); ``read`` holds weights'
+    bytes already read out of the protobuf."""
     graph = model.graph
     names = Names(graph)
     obsolete: set[str] = set()
     replacements = []
     for plan in plans:
         em = emitter(plan, graph, names, opset)
+        em.deferred = deferred
         try:
-            rewrite_node(plan, em, verify=verify, seed=seed)
+            rewrite_node(plan, em, verify=verify, seed=seed, read=read)
         except Unsupported as e:
             plan.result.reason = str(e)
             obsolete.update(em.added)  # nothing reads them: they go again
@@ -129,7 +143,9 @@ def migrate_onnx(
     if not report.nodes:
         report.notes.append("the model has no ConvTranspose node; it is written unchanged")
     opset = _choose_opset(loaded.model, loaded.opset, plans, report)
-    report.removed = _rewrite_all(loaded.model, plans, opset, verify=verify, seed=seed)
+    read = original.weights if isinstance(original, Reference) else {}
+    deferred: dict[str, Any] = {}
+    report.removed = _rewrite_all(loaded.model, plans, opset, deferred, verify=verify, seed=seed, read=read)
     if not verify:
         report.notes.append("per-node float64 checks were not run (verify=False)")
     external = _external(loaded, external_data, dst or src, report)
@@ -138,12 +154,12 @@ def migrate_onnx(
     if original is None:
         report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
     else:
-        report.end_to_end = compare(original, loaded.model, tolerance=tolerance)
-    del original
+        report.end_to_end = compare(original, loaded.model, tolerance=tolerance, known=deferred)
+    del original, read
     if dst is None:
         report.notes.append("dry run: every check ran, nothing was written")
     else:
-        report.written = [str(p) for p in write_model(loaded.model, dst, external=external)]
+        report.written = [str(p) for p in write_model(loaded.model, dst, external=external, deferred=deferred)]
     report.ok = True
     return report
 

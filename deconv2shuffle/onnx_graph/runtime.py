@@ -134,9 +134,16 @@ def reference(
     return Reference(feeds, used, [o.name for o in session.get_outputs()], outputs, weights)
 
 
-def compare(ref: Reference | dict[str, Any], model: onnx.ModelProto, *, tolerance: float) -> dict[str, Any]:
+def compare(
+    ref: Reference | dict[str, Any],
+    model: onnx.ModelProto,
+    *,
+    tolerance: float,
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the rewritten model on the reference's inputs and compare every output.
 
+    ``known``: arrays of initializers that are placeholders in ``model`` (the bytes to be written).
     Returns what was compared (or why the check was skipped); raises :class:`VerificationError`
     when an output differs by more than ``tolerance`` relative to the output's largest value
     (integer outputs must be equal).
@@ -146,7 +153,7 @@ def compare(ref: Reference | dict[str, Any], model: onnx.ModelProto, *, toleranc
     import onnxruntime as ort
 
     try:
-        session, weights = _prepare(model, ref.weights)
+        session, weights = _prepare(model, {**ref.weights, **(known or {})})
         got = session.run(None, {**ref.feeds, **weights})
     except Exception as e:
         raise VerificationError(
