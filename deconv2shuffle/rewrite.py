@@ -89,13 +89,20 @@ def _check_transposed(weight: torch.Tensor, bias: torch.Tensor | None, plan: Sub
 
 
 def transposed_to_subpixel(
-    weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan, *, approx: bool = False
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    plan: SubPixelPlan,
+    *,
+    approx: bool = False,
+    out: torch.Tensor | None = None,
 ) -> Rewritten:
     """Rewrite a ConvTranspose weight (and bias) into the conv of ``plan``.
 
     An inexact plan raises unless ``approx`` is true; then the taps that fit are kept and the
     relative L2 mass of the dropped ones is reported. A target conv that yields too few cells
-    cannot be approximated by dropping taps and always raises.
+    cannot be approximated by dropping taps and always raises. ``out``: memory for the new
+    weight (contiguous, its shape and the weight's dtype), e.g. from an allocator the caller
+    prefers; the returned weight is then a view of it.
     """
     c_in, c_out_g, c_out = _check_transposed(weight, bias, plan)
     if plan.short_axes:
@@ -113,7 +120,16 @@ def transposed_to_subpixel(
     # one gather of its taps, so each value is copied once, with no zero fill or reorder pass after.
     table = torch.full((R * nK,), -1, dtype=torch.long)
     table[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
-    out = bits.new_empty(G, c_out_g, R, c_in // G, nK)
+    layout = (G, c_out_g, R, c_in // G, nK)
+    if out is None:
+        out = bits.new_empty(layout)
+    elif out.dtype != weight.dtype or tuple(out.shape) != (c_out * R, c_in // G, *K) or not out.is_contiguous():
+        raise ConversionError(
+            f"out: expected a contiguous {weight.dtype} tensor of shape {(c_out * R, c_in // G, *K)}, "
+            f"got {out.dtype} {tuple(out.shape)}"
+        )
+    else:
+        out = out.view(bits.dtype).view(layout)
     for phase, taps in enumerate(table.view(R, nK)):
         out[:, :, phase] = bits[..., taps.clamp(min=0)]
         empty = (taps < 0).nonzero().flatten()

@@ -239,18 +239,18 @@ def test_missing_input_and_folder_input(tmp_path: Path) -> None:
     _only(tmp_path, "dir.onnx")
 
 
-def test_deferred_weights_are_written_as_one_message_protobuf_reads_back(tmp_path: Path) -> None:
-    """The writer's own framing of placeholder weights, held against protobuf's parser and ONNX Runtime."""
-    import io
-
+def _deferred_case():  # type: ignore[no-untyped-def]
+    """A model whose two large initializers are placeholders (values in a Deferred), and the same model whole."""
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from deconv2shuffle.onnx_graph.deferred import placeholder, write_spliced
+    from deconv2shuffle.onnx_graph.deferred import Deferred
 
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, 40)).astype(np.float32)  # large enough for a multi-byte length
-    q = rng.integers(-128, 127, (3000,)).astype(np.int8)
+    values = {
+        "w": rng.standard_normal((64, 40)).astype(np.float32),  # large enough for multi-byte lengths
+        "q": rng.integers(-128, 127, (3000,)).astype(np.int8),
+    }
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["y"]),
         helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
@@ -264,25 +264,77 @@ def test_deferred_weights_are_written_as_one_message_protobuf_reads_back(tmp_pat
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 40])],
         [numpy_helper.from_array(np.ones(3, np.float32), "kept")],
     )
-    full = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    full.metadata_props.add(key="k", value="v")  # a field after the graph's: the order on the wire does not matter
-    held = onnx.ModelProto()
-    held.CopyFrom(full)
-    deferred = {}
-    for name, values in (("w", w), ("q", q), ("gone", w)):
-        proto = held.graph.initializer.add() if name != "gone" else onnx.TensorProto()
-        deferred[name] = placeholder(proto, name, numpy_helper.from_array(values).data_type, torch.from_numpy(values))
-        if name != "gone":
-            full.graph.initializer.append(numpy_helper.from_array(values, name))
+    held = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    held.metadata_props.add(key="k", value="v")  # a field after the graph: the order on the wire does not matter
+    deferred = Deferred()
+    for name, array in values.items():
+        deferred.add(
+            held.graph.initializer.add(), name, numpy_helper.from_array(array).data_type, torch.from_numpy(array)
+        )
+    deferred.add(onnx.TensorProto(), "gone", TensorProto.FLOAT, torch.ones(2000))  # not in the graph (a node left)
+
+    def whole(order):  # type: ignore[no-untyped-def]
+        model = onnx.ModelProto()
+        model.CopyFrom(held)
+        del model.graph.initializer[:]
+        model.graph.initializer.extend([numpy_helper.from_array(values[n], n) for n in order])
+        model.graph.initializer.extend([numpy_helper.from_array(np.ones(3, np.float32), "kept")])
+        return model
+
+    return held, deferred, whole, values
+
+
+def _runs_as_written(path: Path, values) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    onnx.checker.check_model(str(path), full_check=True)
+    assert looks_like_onnx(path)
+    x = random_input([2, 64])
+    [got] = run(path, {"x": x})
+    np.testing.assert_allclose(got, x @ values["w"] + values["q"].astype(np.float32).sum(), rtol=1e-5)
+
+
+def test_deferred_weights_are_written_as_one_message_protobuf_reads_back(tmp_path: Path) -> None:
+    """The writer's own framing of placeholder weights, held against protobuf's parser and ONNX Runtime."""
+    import io
+
+    from deconv2shuffle.onnx_graph.deferred import write_spliced
+
+    held, deferred, whole, values = _deferred_case()
     before = held.SerializeToString()
     buffer = io.BytesIO()
     write_spliced(held, deferred, buffer)
-    data = buffer.getvalue()
-    assert onnx.ModelProto.FromString(data) == full  # placeholders filled, appended in order; "gone" is not
+    assert onnx.ModelProto.FromString(buffer.getvalue()) == whole(["w", "q"])  # placeholders filled, first
     assert held.SerializeToString() == before  # the placeholders are back
-    (tmp_path / "m.onnx").write_bytes(data)
-    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
-    assert looks_like_onnx(tmp_path / "m.onnx")
-    x = random_input([2, 64])
-    [got] = run(tmp_path / "m.onnx", {"x": x})
-    np.testing.assert_allclose(got, x @ w + q.astype(np.float32).sum(), rtol=1e-5)
+    (tmp_path / "m.onnx").write_bytes(buffer.getvalue())
+    _runs_as_written(tmp_path / "m.onnx", values)
+
+
+@pytest.mark.parametrize("streamed", [["q"], ["q", "w"], [], ["gone", "q"]])
+def test_weights_streamed_during_the_rewrite_make_the_same_model(tmp_path: Path, streamed: list[str]) -> None:
+    """What the writer thread wrote early is kept when the graph still holds it; otherwise the file is redone."""
+    from deconv2shuffle.onnx_graph.output import output
+
+    held, deferred, whole, values = _deferred_case()
+    dst = tmp_path / "m.onnx"
+    with output(dst) as out:
+        assert out is not None
+        out.stream(held, deferred)
+        out.done(streamed)
+        assert out.write(held, deferred, external=False) == [dst]
+    order = ["q", "w"] if streamed and "gone" not in streamed else ["w", "q"]
+    assert onnx.load(str(dst)) == whole(order)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    _runs_as_written(dst, values)
+
+
+def test_a_failure_while_streaming_publishes_nothing(tmp_path: Path) -> None:
+    from deconv2shuffle.onnx_graph.output import output
+
+    held, deferred, _, _ = _deferred_case()
+    with pytest.raises(KeyboardInterrupt), output(tmp_path / "m.onnx") as out:
+        assert out is not None
+        out.stream(held, deferred)
+        out.done(["w", "q"])
+        raise KeyboardInterrupt  # e.g. Ctrl-C during the rewrite
+    assert list(tmp_path.iterdir()) == []

@@ -8,16 +8,23 @@ inference see the placeholder as a typed graph input (:func:`~.files.skeleton` m
 initializer above ``SKELETON_BIG`` bytes, and only those are deferred), ONNX Runtime is fed the
 array. The writer then streams the bytes the checks ran on straight into the file.
 
-The file stays one plain protobuf message. Protobuf's wire format merges a message field that
-appears twice and appends to repeated fields, so ``ModelProto`` bytes followed by
-``graph { initializer { name, data_type, dims, raw_data } ... }`` parse as the model with those
-initializers appended: exactly what ``onnx.load`` and ONNX Runtime read (tests hold the written
-file against ``onnx.load`` of the same model serialised by protobuf itself).
+The file stays one plain protobuf message, laid out as
+
+    ir_version                                       (so its first bytes say "ONNX model")
+    graph { initializer { <placeholder>, raw_data } }  once per deferred weight
+    <the rest of the model, serialised by protobuf>  (ir_version again, the graph without them...)
+
+Protobuf's wire format merges a message field that appears more than once and appends to
+repeated fields (a repeated scalar keeps its last value), so this parses as the model with the
+deferred initializers first: what ``onnx.load`` and ONNX Runtime read, and tests hold the written
+bytes against protobuf's own parser. The weights come first so that they can be written while
+the rewrite runs, as each node is done (see :mod:`.output`); only the rest waits for the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -67,62 +74,90 @@ def should_defer(values: torch.Tensor, data_type: int) -> bool:
     return data_type in DEFERRABLE and values.numel() * values.element_size() > SKELETON_BIG
 
 
-def placeholder(proto: TensorProto, name: str, data_type: int, values: torch.Tensor) -> np.ndarray:
-    """Make ``proto`` the placeholder of ``values`` and return their bytes as an array of the ONNX type.
+@dataclass
+class Deferred:
+    """The values of placeholder initializers by name (``arrays``), and each placeholder's own fields."""
 
-    The array shares the tensor's memory (a copy only when the tensor is not contiguous).
-    """
-    proto.name = name
-    proto.data_type = data_type
-    proto.dims.extend(values.shape)
-    flat = values.contiguous().reshape(-1).view(torch.uint8).numpy()
-    return flat.view(helper.tensor_dtype_to_np_dtype(data_type)).reshape(tuple(values.shape))
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+    def add(self, proto: TensorProto, name: str, data_type: int, values: torch.Tensor) -> None:
+        """Make ``proto`` the placeholder of ``values``; keep their bytes as an array of the ONNX type.
+
+        The array shares the tensor's memory (a copy only when the tensor is not contiguous).
+        """
+        proto.name = name
+        proto.data_type = data_type
+        proto.dims.extend(values.shape)
+        flat = values.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self.arrays[name] = flat.view(helper.tensor_dtype_to_np_dtype(data_type)).reshape(tuple(values.shape))
+        self.headers[name] = proto.SerializeToString()
+
+    def held(self, graph: onnx.GraphProto) -> list[str]:
+        """The placeholders still in the graph, in its order (a node left as it was drops its own)."""
+        return [
+            t.name
+            for t in graph.initializer
+            if t.name in self.arrays and not t.HasField("raw_data") and t.data_location != TensorProto.EXTERNAL
+        ]
+
+    def fill(self, model: onnx.ModelProto) -> None:
+        """Put the values into their placeholders (for writers that need whole tensors)."""
+        held = set(self.held(model.graph))
+        for t in model.graph.initializer:
+            if t.name in held:
+                t.raw_data = self.arrays[t.name].tobytes()
 
 
-def _held(graph: onnx.GraphProto, deferred: Mapping[str, np.ndarray]) -> list[int]:
-    """Positions of the placeholders still in the graph (a node left as it was drops its own)."""
-    return [
-        i
-        for i, t in enumerate(graph.initializer)
-        if t.name in deferred and not t.HasField("raw_data") and t.data_location != TensorProto.EXTERNAL
-    ]
+def prefix(model: onnx.ModelProto) -> bytes:
+    """The file's first field, ``ir_version`` (so it reads as an ONNX model from its first bytes; the
+    end repeats it with the same value)."""
+    return _varint(model.DESCRIPTOR.fields_by_name["ir_version"].number << 3) + _varint(model.ir_version)
 
 
-def fill(model: onnx.ModelProto, deferred: Mapping[str, np.ndarray]) -> None:
-    """Put the deferred values into their placeholders (for writers that need whole tensors)."""
+def fragment(deferred: Deferred, name: str) -> tuple[bytes, np.ndarray]:
+    """``graph { initializer { <placeholder fields> raw_data: <...> } }`` up to the data, and the data."""
+    array = np.ascontiguousarray(deferred.arrays[name])
+    tensor = deferred.headers[name] + _RAW + _varint(array.nbytes)
+    entry = _INITIALIZER + _varint(len(tensor) + array.nbytes) + tensor
+    return _GRAPH + _varint(len(entry) + array.nbytes) + entry, array
+
+
+def write_fragment(f: BinaryIO, deferred: Deferred, name: str) -> None:
+    """Write one placeholder's fragment, its bytes straight from the array."""
+    head, array = fragment(deferred, name)
+    f.write(head)
+    f.write(memoryview(array).cast("B"))
+
+
+def head(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
+    """The model serialised without the placeholders ``names`` (they are put back, at the graph's end)."""
     graph = model.graph
-    for i in _held(graph, deferred):
-        graph.initializer[i].raw_data = deferred[graph.initializer[i].name].tobytes()
-
-
-def write_spliced(model: onnx.ModelProto, deferred: Mapping[str, np.ndarray], f: BinaryIO) -> None:
-    """Write ``model`` with the deferred values to ``f`` as one protobuf message (see the module docstring).
-
-    The placeholders leave the graph while it is serialised and come back, at its end, afterwards.
-    """
-    graph = model.graph
-    positions = _held(graph, deferred)
-    headers = [graph.initializer[i].SerializeToString() for i in positions]
-    names = [graph.initializer[i].name for i in positions]
+    drop = set(names)
+    positions = [i for i, t in enumerate(graph.initializer) if t.name in drop]
+    kept = [graph.initializer[i].SerializeToString() for i in positions]
     for i in reversed(positions):
         del graph.initializer[i]
     try:
-        head = model.SerializeToString()
+        return model.SerializeToString()
     finally:
-        for header in headers:
-            graph.initializer.add().ParseFromString(header)
-    arrays = [deferred[name] for name in names]
-    entries = [_entry_head(header, array.nbytes) for header, array in zip(headers, arrays, strict=True)]
-    f.write(head)
-    if entries:
-        size = sum(len(e) + a.nbytes for e, a in zip(entries, arrays, strict=True))
-        f.write(_GRAPH + _varint(size))
-        for entry, array in zip(entries, arrays, strict=True):
-            f.write(entry)
-            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        for data in kept:
+            graph.initializer.add().ParseFromString(data)
 
 
-def _entry_head(header: bytes, nbytes: int) -> bytes:
-    """``initializer`` tag, length, the tensor's fields, and the ``raw_data`` tag and length (the data follows)."""
-    body = header + _RAW + _varint(nbytes)
-    return _INITIALIZER + _varint(len(body) + nbytes) + body
+def write_spliced(
+    model: onnx.ModelProto, deferred: Deferred, f: BinaryIO, written: Sequence[str] | None = None
+) -> None:
+    """Write ``model`` with its deferred values to ``f`` as one protobuf message (see the module docstring).
+
+    ``written``: ``f`` already holds the prefix and the fragments of these placeholders (all in
+    the graph); the other placeholders follow, then the rest of the model. None: a new file.
+    """
+    held = deferred.held(model.graph)
+    if written is None:
+        f.write(prefix(model))
+        written = ()
+    for name in held:
+        if name not in written:
+            write_fragment(f, deferred, name)
+    f.write(head(model, held))

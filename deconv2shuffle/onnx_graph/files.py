@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,7 +254,8 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staging(dst: Path) -> Iterator[Path]:
+def staging(dst: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dst`` for the files to publish; removed with whatever is left in it."""
     parent = dst.parent if str(dst.parent) else Path(".")
     try:
         folder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
@@ -266,50 +267,64 @@ def _staging(dst: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_model(
-    model: onnx.ModelProto, dst: Path, *, external: bool, deferred: Mapping[str, Any] | None = None
-) -> list[Path]:
+def write_staged(model: onnx.ModelProto, dst: Path, folder: Path, *, external: bool, deferred: Any) -> list[Path]:
+    """Write ``model`` (and ``dst.data`` when ``external``) into ``folder``, fsynced; the files to publish.
+
+    ``deferred``: the values of placeholder initializers (a :class:`~.deferred.Deferred`),
+    streamed into the file. ``model`` is changed when ``external`` (its tensors then point at
+    the data file). Raises :class:`OnnxModelError` when writing fails.
+    """
+    import onnx
+
+    from .deferred import write_spliced
+
+    staged = folder / dst.name
+    files = [staged]
+    try:
+        if external:
+            deferred.fill(model)
+            onnx.save_model(
+                model,
+                str(staged),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file_name(dst),
+                size_threshold=1024,
+            )
+            if (folder / data_file_name(dst)).exists():
+                files.insert(0, folder / data_file_name(dst))
+        else:
+            with open(staged, "wb") as f:
+                write_spliced(model, deferred, f)
+        for f in files:
+            _fsync(f)
+    except (OSError, ValueError) as e:
+        raise OnnxModelError(f"{dst}: write failed ({e}); nothing was written") from None
+    return files
+
+
+def publish(staged: list[Path], dst: Path) -> list[Path]:
+    """Move the staged (fsynced) files beside ``dst``, the model last; returns where they are now."""
+    written = []
+    for f in staged:
+        os.replace(f, dst.parent / f.name)
+        written.append(dst.parent / f.name)
+    with contextlib.suppress(OSError):
+        _fsync(dst.parent if str(dst.parent) else Path("."))
+    return written
+
+
+def write_model(model: onnx.ModelProto, dst: Path, *, external: bool, deferred: Any = None) -> list[Path]:
     """Write ``model`` to ``dst`` (and ``dst.data`` when ``external``), atomically.
 
     Everything is written into a temporary folder beside ``dst``, fsynced, then moved into place
     with ``os.replace``: the data file first, then the model. On any failure nothing is left
-    behind. ``deferred``: the values of placeholder initializers (see :mod:`.deferred`), streamed
-    into the file. ``model`` is changed when ``external`` (its tensors then point at the data file).
+    behind. See :func:`write_staged` for ``deferred``.
     """
-    import onnx
+    from .deferred import Deferred
 
-    from .deferred import fill, write_spliced
-
-    written: list[Path] = []
-    with _staging(dst) as folder:
-        staged = folder / dst.name
-        files = [staged]
-        try:
-            if external:
-                fill(model, deferred or {})
-                onnx.save_model(
-                    model,
-                    str(staged),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_file_name(dst),
-                    size_threshold=1024,
-                )
-                if (folder / data_file_name(dst)).exists():
-                    files.insert(0, folder / data_file_name(dst))
-            else:
-                with open(staged, "wb") as f:
-                    write_spliced(model, deferred or {}, f)
-            for f in files:
-                _fsync(f)
-        except (OSError, ValueError) as e:
-            raise OnnxModelError(f"{dst}: write failed ({e}); nothing was written") from None
-        for f in files:
-            os.replace(f, dst.parent / f.name)
-            written.append(dst.parent / f.name)
-    with contextlib.suppress(OSError):
-        _fsync(dst.parent if str(dst.parent) else Path("."))
-    return written
+    with staging(dst) as folder:
+        return publish(write_staged(model, dst, folder, external=external, deferred=deferred or Deferred()), dst)
 
 
 def write_text(path: Path, text: str) -> None:

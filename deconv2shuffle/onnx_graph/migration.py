@@ -15,7 +15,8 @@ import onnx
 
 from .attrs import Unsupported
 from .convert import NodePlan, emitter, geometry, plan_node, rewrite_node
-from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes, write_model
+from .deferred import Deferred
+from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes
 from .graph import (
     GraphIndex,
     Names,
@@ -26,6 +27,7 @@ from .graph import (
     static_shapes,
     subgraphs,
 )
+from .output import output
 from .report import OnnxReport
 from .runtime import Reference, compare, reference
 from .verify import check_graph
@@ -83,16 +85,17 @@ def _rewrite_all(
     model: onnx.ModelProto,
     plans: list[NodePlan],
     opset: int,
-    deferred: dict[str, Any],
+    deferred: Deferred,
     *,
     verify: bool,
     seed: int,
     read: Mapping[str, Any],
+    done: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Replace every planned node in place; returns the values that became unused and were removed.
 
     Large new weights go into ``deferred`` (placeholders in the graph); ``read`` holds weights'
-    bytes already read out of the protobuf."""
+    bytes already read out of the protobuf; ``done`` gets each rewritten node's new initializers."""
     graph = model.graph
     names = Names(graph)
     obsolete: set[str] = set()
@@ -107,6 +110,8 @@ def _rewrite_all(
             obsolete.update(em.added)  # nothing reads them: they go again
             continue
         replacements.append((plan.position, em))
+        if done is not None:
+            done(em.added)
         obsolete.update(i for i in plan.node.input[1:] if i)
     for position, em in sorted(replacements, key=lambda r: r[0], reverse=True):
         del graph.node[position]
@@ -143,23 +148,30 @@ def migrate_onnx(
     if not report.nodes:
         report.notes.append("the model has no ConvTranspose node; it is written unchanged")
     opset = _choose_opset(loaded.model, loaded.opset, plans, report)
-    read = original.weights if isinstance(original, Reference) else {}
-    deferred: dict[str, Any] = {}
-    report.removed = _rewrite_all(loaded.model, plans, opset, deferred, verify=verify, seed=seed, read=read)
-    if not verify:
-        report.notes.append("per-node float64 checks were not run (verify=False)")
-    external = _external(loaded, external_data, dst or src, report)
-    check_graph(loaded.model)
-    report.checks.append("onnx.checker full check (strict shape inference included): passed")
-    if original is None:
-        report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
-    else:
-        report.end_to_end = compare(original, loaded.model, tolerance=tolerance, known=deferred)
-    del original, read
-    if dst is None:
-        report.notes.append("dry run: every check ran, nothing was written")
-    else:
-        report.written = [str(p) for p in write_model(loaded.model, dst, external=external, deferred=deferred)]
+    deferred = Deferred()
+    with output(dst) as out:
+        if out is not None and external_data is not True and not loaded.external_files:
+            out.stream(loaded.model, deferred)  # each node's weights are written as soon as it is done
+        read = original.weights if isinstance(original, Reference) else {}
+        done = None if out is None else out.done
+        report.removed = _rewrite_all(
+            loaded.model, plans, opset, deferred, verify=verify, seed=seed, read=read, done=done
+        )
+        del read
+        if not verify:
+            report.notes.append("per-node float64 checks were not run (verify=False)")
+        external = _external(loaded, external_data, dst or src, report)
+        check_graph(loaded.model)
+        report.checks.append("onnx.checker full check (strict shape inference included): passed")
+        if original is None:
+            report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
+        else:
+            report.end_to_end = compare(original, loaded.model, tolerance=tolerance, known=deferred.arrays)
+        del original
+        if out is None:
+            report.notes.append("dry run: every check ran, nothing was written")
+        else:
+            report.written = [str(p) for p in out.write(loaded.model, deferred, external=external)]
     report.ok = True
     return report
 
