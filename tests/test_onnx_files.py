@@ -338,3 +338,36 @@ def test_a_failure_while_streaming_publishes_nothing(tmp_path: Path) -> None:
         out.done(["w", "q"])
         raise KeyboardInterrupt  # e.g. Ctrl-C during the rewrite
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_the_rewrite_leaves_alone_are_written_as_they_were(tmp_path: Path) -> None:
+    """Large initializers no ConvTranspose reads go to the file early, from their bytes: the same tensors."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = convtranspose_model(**FORUM, c_in=16, c_out=32)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    fc = numpy_helper.from_array(rng.standard_normal((48, 40)).astype(np.float32), "fc")
+    fc.doc_string = "a field besides the data"
+    half = numpy_helper.from_array(rng.standard_normal((3000,)).astype(np.float16), "half")
+    model.graph.initializer.extend([fc, half])
+    model.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 48]))
+    model.graph.node.extend(
+        [
+            helper.make_node("MatMul", ["z", "fc"], ["zf"]),
+            helper.make_node("Cast", ["half"], ["h32"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["h32"], ["hs"], keepdims=0),
+            helper.make_node("Add", ["zf", "hs"], ["v"]),
+        ]
+    )
+    model.graph.output.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 40]))
+    src = save(model, tmp_path / "in.onnx")
+    report = migrate_onnx(src, tmp_path / "out.onnx")
+    assert report.ok and report.end_to_end["max_rel_error"] <= 1e-5
+    kept = {t.name: t for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
+    assert kept["fc"] == fc and kept["half"] == half
+    assert "w" not in kept and "ConvTranspose" not in op_types(tmp_path / "out.onnx")
+    feeds = {"x": random_input([1, 16, 5, 6]), "z": random_input([2, 48], seed=2)}
+    for want, got in zip(run(src, feeds), run(tmp_path / "out.onnx", feeds), strict=True):
+        assert relative_error(want, got) <= 1e-5
+    _only(tmp_path, "in.onnx", "out.onnx")

@@ -93,6 +93,30 @@ class Deferred:
         self.arrays[name] = flat.view(helper.tensor_dtype_to_np_dtype(data_type)).reshape(tuple(values.shape))
         self.headers[name] = proto.SerializeToString()
 
+    def adopt(self, graph: onnx.GraphProto, keep: set[str]) -> list[str]:
+        """Turn the graph's large initializers into placeholders (their bytes read out once), except ``keep``.
+
+        Weights the rewrite leaves alone then go to the file as they are, early, without being
+        serialised with the rest of the model. Returns the names, in graph order.
+        """
+        adopted = []
+        for t in graph.initializer:
+            if t.name in keep or t.data_type not in DEFERRABLE or t.data_location == TensorProto.EXTERNAL:
+                continue
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            shape = tuple(int(d) for d in t.dims)
+            count = int(np.prod(shape, dtype=np.int64))
+            if count * dtype.itemsize <= SKELETON_BIG or not t.HasField("raw_data"):
+                continue
+            raw = t.raw_data
+            if len(raw) != count * dtype.itemsize:
+                continue  # malformed: left to the checks as it is
+            t.ClearField("raw_data")
+            self.arrays[t.name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+            self.headers[t.name] = t.SerializeToString()
+            adopted.append(t.name)
+        return adopted
+
     def held(self, graph: onnx.GraphProto) -> list[str]:
         """The placeholders still in the graph, in its order (a node left as it was drops its own)."""
         return [

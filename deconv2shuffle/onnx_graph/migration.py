@@ -143,15 +143,17 @@ def migrate_onnx(
     report = OnnxReport(
         source_file=str(src), output_file=None if dst is None else str(dst), opset=loaded.opset, tolerance=tolerance
     )
-    original = reference(loaded.model, input_shapes, seed) if end_to_end else None
-    plans = _plan_all(loaded, report)
-    if not report.nodes:
-        report.notes.append("the model has no ConvTranspose node; it is written unchanged")
-    opset = _choose_opset(loaded.model, loaded.opset, plans, report)
     deferred = Deferred()
     with output(dst) as out:
         if out is not None and external_data is not True and not loaded.external_files:
+            unchanged = deferred.adopt(loaded.model.graph, _read_by_rewrite(loaded.model.graph))
             out.stream(loaded.model, deferred)  # each node's weights are written as soon as it is done
+            out.done(unchanged)  # the weights no rewrite touches: at once
+        original = reference(loaded.model, input_shapes, seed, deferred.arrays) if end_to_end else None
+        plans = _plan_all(loaded, report)
+        if not report.nodes:
+            report.notes.append("the model has no ConvTranspose node; it is written unchanged")
+        opset = _choose_opset(loaded.model, loaded.opset, plans, report)
         read = original.weights if isinstance(original, Reference) else {}
         done = None if out is None else out.done
         report.removed = _rewrite_all(
@@ -174,6 +176,14 @@ def migrate_onnx(
             report.written = [str(p) for p in out.write(loaded.model, deferred, external=external)]
     report.ok = True
     return report
+
+
+def _read_by_rewrite(graph: onnx.GraphProto) -> set[str]:
+    """Initializers a rewrite may read or remove (inputs of ConvTranspose and DequantizeLinear
+    nodes), and those that are graph inputs too: these stay in the protobuf as they are."""
+    ops = ("ConvTranspose", "DequantizeLinear")
+    read = {name for node in graph.node if node.op_type in ops for name in node.input}
+    return read | {v.name for v in graph.input}
 
 
 def _external(loaded: LoadedModel, asked: bool | None, dst: Path, report: OnnxReport) -> bool:

@@ -115,15 +115,21 @@ def _last_line(e: BaseException) -> str:
 
 
 def reference(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    known: Mapping[str, Any] | None = None,
 ) -> Reference | dict[str, Any]:
-    """Run the original model on random inputs; a ``{"skipped": why}`` dict when that cannot be done."""
+    """Run the original model on random inputs; a ``{"skipped": why}`` dict when that cannot be done.
+
+    ``known``: arrays of initializers that are placeholders in ``model`` (see :mod:`.deferred`).
+    """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return {"skipped": "onnxruntime is not installed; only the per-node float64 checks ran"}
     try:
-        session, weights = _prepare(model, {})
+        session, weights = _prepare(model, known or {})
         feeds, used = _feeds(session, weights, input_shapes or {}, seed)
         outputs = session.run(None, {**feeds, **weights})
     except Exception as e:  # the original itself does not run here: nothing to compare against
