@@ -4,11 +4,12 @@ Behind the optional ``onnx`` extra (``pip install 'deconv2shuffle[onnx]'``). Thi
 without it: :func:`looks_like_onnx` needs nothing, and the other functions raise
 :class:`OnnxUnavailableError` (one line, exit code 2) when ``onnx`` is missing.
 
-Modules: ``files`` (sniffing, reading with external data, atomic writing), ``attrs`` (attribute
-resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), ``qdq``
+Modules: ``files`` (sniffing, reading with external data, staging and publishing), ``attrs``
+(attribute resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), ``qdq``
 (quantized weights), ``graph`` (names, constants, shapes), ``convert`` (one node), ``verify``
-(float64 node checks, onnx.checker), ``runtime`` (ONNX Runtime check), ``report``, ``migration``
-(the two entry points below).
+(float64 node checks, onnx.checker), ``runtime`` (ONNX Runtime check), ``deferred`` (large
+weights kept out of the protobuf, and the file layout that writes them), ``output`` (writing
+while the rewrite runs), ``report``, ``migration`` (the two entry points below).
 """
 
 from __future__ import annotations

@@ -314,19 +314,6 @@ def publish(staged: list[Path], dst: Path) -> list[Path]:
     return written
 
 
-def write_model(model: onnx.ModelProto, dst: Path, *, external: bool, deferred: Any = None) -> list[Path]:
-    """Write ``model`` to ``dst`` (and ``dst.data`` when ``external``), atomically.
-
-    Everything is written into a temporary folder beside ``dst``, fsynced, then moved into place
-    with ``os.replace``: the data file first, then the model. On any failure nothing is left
-    behind. See :func:`write_staged` for ``deferred``.
-    """
-    from .deferred import Deferred
-
-    with staging(dst) as folder:
-        return publish(write_staged(model, dst, folder, external=external, deferred=deferred or Deferred()), dst)
-
-
 def write_text(path: Path, text: str) -> None:
     """Write a small text file (a report) atomically: temp file beside it, fsync, ``os.replace``."""
     parent = path.parent if str(path.parent) else Path(".")

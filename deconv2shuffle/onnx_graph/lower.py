@@ -73,9 +73,10 @@ _BIG = 1 << 22
 
 
 def _buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    """Memory for a large new weight, from numpy: numpy asks the kernel for transparent huge pages,
-    so filling fresh memory takes one page fault per 2 MiB instead of one per 4 KiB (several
-    times faster for hundreds of megabytes). None (the engine allocates) for small weights."""
+    """Memory for a large new weight, from numpy: on Linux numpy asks the kernel for transparent
+    huge pages (madvise), so filling fresh memory takes one page fault per 2 MiB instead of one
+    per 4 KiB (several times faster for hundreds of megabytes). None (the engine allocates) for
+    small weights and for dtypes numpy lacks."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     if math.prod(shape) * itemsize < _BIG:
         return None
