@@ -1,12 +1,14 @@
-"""New weights kept out of the protobuf until the file is written.
+"""Large weights kept out of the protobuf until the file is written.
 
 A rewritten weight is as large as the one it replaces. Put into a ``TensorProto`` it would be
 copied twice more (into the message, then into the serialised bytes) before it reaches the
-file. Instead the graph gets a placeholder initializer (name, type, shape, no data) and the
-values stay in a numpy array. The checks use the same array: ``onnx.checker`` and shape
-inference see the placeholder as a typed graph input (:func:`~.files.skeleton` moves every
-initializer above ``SKELETON_BIG`` bytes, and only those are deferred), ONNX Runtime is fed the
-array. The writer then streams the bytes the checks ran on straight into the file.
+file. Instead the graph gets a placeholder initializer (its fields but no data) and the values
+stay in a numpy array. The checks use the same array: ``onnx.checker`` and shape inference see
+the placeholder as a typed graph input (:func:`~.files.skeleton` moves every initializer above
+``SKELETON_BIG`` bytes, and only those are deferred), ONNX Runtime is fed the array. The writer
+then streams the bytes the checks ran on straight into the file. Large weights no rewrite
+reads are handled the same way (:meth:`Deferred.adopt`): their bytes, read once for ONNX
+Runtime, go to the file as they are, without serialising them with the rest.
 
 The file stays one plain protobuf message, laid out as
 
@@ -15,7 +17,7 @@ The file stays one plain protobuf message, laid out as
     <the rest of the model, serialised by protobuf>  (ir_version again, the graph without them...)
 
 Protobuf's wire format merges a message field that appears more than once and appends to
-repeated fields (a repeated scalar keeps its last value), so this parses as the model with the
+repeated fields (a scalar field keeps its last value), so this parses as the model with the
 deferred initializers first: what ``onnx.load`` and ONNX Runtime read, and tests hold the written
 bytes against protobuf's own parser. The weights come first so that they can be written while
 the rewrite runs, as each node is done (see :mod:`.output`); only the rest waits for the end.
@@ -59,9 +61,9 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _tag(message: Any, field: str) -> bytes:
+def _tag(message: Any, name: str) -> bytes:
     """The wire tag of a length-delimited field, from onnx's own message descriptor."""
-    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
 
 
 _GRAPH = _tag(onnx.ModelProto, "graph")

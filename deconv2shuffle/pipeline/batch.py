@@ -350,7 +350,9 @@ def _run_jobs(
         for job in todo:
             if job["input"] not in done:
                 note = "stopped before it finished; partial output removed; the next run converts it"
-                result.files.append(FileResult(job["input"], job["output"], "interrupted", job["spec"], note=note))
+                result.files.append(
+                    FileResult(job["input"], job["output"], "interrupted", job["spec"], note=note, kind=job["kind"])
+                )
         raise
 
 

@@ -228,7 +228,7 @@ def run_parallel(todo: list[dict[str, Any]], jobs: int, finished: Callable[[File
             except BrokenProcessPool as e:
                 job = futures[fut]
                 error = f"{job['input']}: the worker process died ({e}); nothing was written"
-                finished(FileResult(job["input"], job["output"], "failed", job["spec"], error=error))
+                finished(FileResult(job["input"], job["output"], "failed", job["spec"], error=error, kind=job["kind"]))
         pool.shutdown()
     except BaseException:
         _stop_pool(pool, [p for p in multiprocessing.active_children() if p not in before])
