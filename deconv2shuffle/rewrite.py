@@ -115,26 +115,25 @@ def transposed_to_subpixel(
     nk, nK = math.prod(k), math.prod(K)
     src_idx, dst_idx, dropped = _index_map(plan)
 
-    bits = _bits(weight).reshape(G, c_in // G, c_out_g, nk).transpose(1, 2)  # (G, C_out/G, C_in/G, taps), a view
-    # Built in the Conv's own layout (G, C_out/G, R, C_in/G, K...) one phase at a time: a phase is
-    # one gather of its taps, so each value is copied once, with no zero fill or reorder pass after.
-    table = torch.full((R * nK,), -1, dtype=torch.long)
-    table[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
-    layout = (G, c_out_g, R, c_in // G, nK)
+    layout = (G, c_out_g, R, c_in // G, nK)  # the Conv's weight: (C_out*R, C_in/G, K...) with channel o*R + phase
     if out is None:
-        out = bits.new_empty(layout)
+        out = torch.empty(layout, dtype=_INT_OF_WIDTH[weight.element_size()])
     elif out.dtype != weight.dtype or tuple(out.shape) != (c_out * R, c_in // G, *K) or not out.is_contiguous():
         raise ConversionError(
             f"out: expected a contiguous {weight.dtype} tensor of shape {(c_out * R, c_in // G, *K)}, "
             f"got {out.dtype} {tuple(out.shape)}"
         )
     else:
-        out = out.view(bits.dtype).view(layout)
-    for phase, taps in enumerate(table.view(R, nK)):
-        out[:, :, phase] = bits[..., taps.clamp(min=0)]
-        empty = (taps < 0).nonzero().flatten()
-        if empty.numel():
-            out[:, :, phase, :, empty] = 0  # positions no source tap reaches
+        out = out.view(_INT_OF_WIDTH[weight.element_size()]).view(layout)
+    # One gather builds that layout straight from the source seen as (G, C_out/G, R, C_in/G, taps),
+    # its phase axis a broadcast: out[..., phase, :, j] takes source tap table[phase, j], so every
+    # value is read and written once. Positions no source tap reaches (table -1) are zeroed after.
+    table = torch.full((R, nK), -1, dtype=torch.long)
+    table.view(-1)[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
+    source = _bits(weight).reshape(G, c_in // G, 1, c_out_g, nk).permute(0, 3, 2, 1, 4).expand(*layout[:-1], nk)
+    torch.gather(source, 4, table.clamp(min=0).view(1, 1, R, 1, nK).expand(layout), out=out)
+    for phase, j in (table < 0).nonzero().tolist():
+        out[:, :, phase, :, j] = 0
     new_weight = out.reshape(c_out * R, c_in // G, *K).view(weight.dtype)
 
     mass = 0.0
