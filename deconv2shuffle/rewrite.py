@@ -89,20 +89,13 @@ def _check_transposed(weight: torch.Tensor, bias: torch.Tensor | None, plan: Sub
 
 
 def transposed_to_subpixel(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    plan: SubPixelPlan,
-    *,
-    approx: bool = False,
-    out: torch.Tensor | None = None,
+    weight: torch.Tensor, bias: torch.Tensor | None, plan: SubPixelPlan, *, approx: bool = False
 ) -> Rewritten:
     """Rewrite a ConvTranspose weight (and bias) into the conv of ``plan``.
 
     An inexact plan raises unless ``approx`` is true; then the taps that fit are kept and the
     relative L2 mass of the dropped ones is reported. A target conv that yields too few cells
-    cannot be approximated by dropping taps and always raises. ``out``: memory for the new
-    weight (contiguous, its shape and the weight's dtype), e.g. from an allocator the caller
-    prefers; the returned weight is then a view of it.
+    cannot be approximated by dropping taps and always raises.
     """
     c_in, c_out_g, c_out = _check_transposed(weight, bias, plan)
     if plan.short_axes:
@@ -116,21 +109,14 @@ def transposed_to_subpixel(
     src_idx, dst_idx, dropped = _index_map(plan)
 
     layout = (G, c_out_g, R, c_in // G, nK)  # the Conv's weight: (C_out*R, C_in/G, K...) with channel o*R + phase
-    if out is None:
-        out = torch.empty(layout, dtype=_INT_OF_WIDTH[weight.element_size()])
-    elif out.dtype != weight.dtype or tuple(out.shape) != (c_out * R, c_in // G, *K) or not out.is_contiguous():
-        raise ConversionError(
-            f"out: expected a contiguous {weight.dtype} tensor of shape {(c_out * R, c_in // G, *K)}, "
-            f"got {out.dtype} {tuple(out.shape)}"
-        )
-    else:
-        out = out.view(_INT_OF_WIDTH[weight.element_size()]).view(layout)
+    bits = _bits(weight)
+    out = bits.new_empty(layout)
     # One gather builds that layout straight from the source seen as (G, C_out/G, R, C_in/G, taps),
     # its phase axis a broadcast: out[..., phase, :, j] takes source tap table[phase, j], so every
     # value is read and written once. Positions no source tap reaches (table -1) are zeroed after.
     table = torch.full((R, nK), -1, dtype=torch.long)
     table.view(-1)[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
-    source = _bits(weight).reshape(G, c_in // G, 1, c_out_g, nk).permute(0, 3, 2, 1, 4).expand(*layout[:-1], nk)
+    source = bits.reshape(G, c_in // G, 1, c_out_g, nk).permute(0, 3, 2, 1, 4).expand(*layout[:-1], nk)
     torch.gather(source, 4, table.clamp(min=0).view(1, 1, R, 1, nK).expand(layout), out=out)
     for phase, j in (table < 0).nonzero().tolist():
         out[:, :, phase, :, j] = 0

@@ -84,11 +84,9 @@ def test_large_weights_take_the_written_while_rewritten_path(
     c_in: int,
     c_out: int,
 ) -> None:
-    """Weights above 4 KiB stay out of the protobuf and are streamed into the file, built in numpy memory."""
-    import deconv2shuffle.onnx_graph.lower as lower_module
+    """Weights above 4 KiB stay out of the protobuf and are streamed into the file."""
     from deconv2shuffle.onnx_graph.deferred import Deferred
 
-    monkeypatch.setattr(lower_module, "_BIG", 0)  # every rearranged weight in a numpy buffer
     added: list[str] = []
     real_add = Deferred.add
     monkeypatch.setattr(
@@ -260,21 +258,3 @@ def test_large_layers_are_checked_on_sampled_channels(
     _, _, report = _migrate(tmp_path, model)
     [node] = report.nodes
     assert node.status == "converted" and node.max_rel_error is not None and node.max_rel_error < 1e-12
-
-
-def test_the_engine_fills_the_buffer_it_is_given_and_refuses_a_wrong_one() -> None:
-    import torch
-
-    from deconv2shuffle.errors import ConversionError
-    from deconv2shuffle.geometry import TransposedConv, smallest
-    from deconv2shuffle.rewrite import transposed_to_subpixel
-
-    plan = smallest(TransposedConv.make((4, 3), (2, 3), (1, 0), (0, 0), (1, 1), groups=2, rank=2), "minimal")
-    weight, bias = torch.randn(4, 3, 4, 3), torch.randn(6)
-    want = transposed_to_subpixel(weight, bias, plan)
-    buffer = torch.full(tuple(want.weight.shape), float("nan"))
-    got = transposed_to_subpixel(weight, bias, plan, out=buffer)
-    assert got.weight.data_ptr() == buffer.data_ptr() and torch.equal(got.weight, want.weight)
-    for wrong in (buffer.double(), buffer[:-1], buffer.transpose(2, 3)):
-        with pytest.raises(ConversionError, match="out: expected a contiguous torch.float32 tensor"):
-            transposed_to_subpixel(weight, bias, plan, out=wrong)

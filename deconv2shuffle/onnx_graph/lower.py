@@ -13,11 +13,9 @@ Switching to another geometry mode is the one ``smallest(source, ...)`` call bel
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..geometry import TransposedConv, smallest
@@ -69,24 +67,6 @@ def _pairs(before: tuple[int, ...], after: tuple[int, ...]) -> str:
     return pairs[0] if len(set(pairs)) == 1 else ",".join(pairs)
 
 
-_BIG = 1 << 22
-
-
-def _buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    """Memory for a large new weight, from numpy: on Linux numpy asks the kernel for transparent
-    huge pages (madvise), so filling fresh memory takes one page fault per 2 MiB instead of one
-    per 4 KiB (several times faster for hundreds of megabytes). None (the engine allocates) for
-    small weights and for dtypes numpy lacks."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if math.prod(shape) * itemsize < _BIG:
-        return None
-    try:
-        kind = torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and other types numpy lacks
-        return None
-    return torch.from_numpy(np.empty(shape, dtype=kind))
-
-
 def lower(
     kernel: Sequence[int],
     strides: Sequence[int],
@@ -112,11 +92,7 @@ def lower(
         rank=len(kernel), padding_end=tuple(end),
     )  # fmt: skip
     plan = smallest(source, "minimal")
-    rewritten = None
-    if weight is not None:
-        rows = weight.shape[1] * group * plan.phases
-        shape = (rows, weight.shape[0] // group, *plan.target.kernel_size)
-        rewritten = transposed_to_subpixel(weight, bias, plan, out=_buffer(shape, weight.dtype))
+    rewritten = None if weight is None else transposed_to_subpixel(weight, bias, plan)
     placed = None
     if weight is not None and want_placed:
         placed = transposed_to_subpixel(torch.ones_like(weight, dtype=torch.uint8), None, plan).weight.bool()
