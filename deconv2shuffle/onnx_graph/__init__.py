@@ -52,8 +52,9 @@ def migrate_onnx(
     """Rewrite every ConvTranspose of the ONNX model ``src`` into Conv + pixel shuffle + crop; write ``dst``.
 
     Weights are rearranged bit for bit (quantized ``DequantizeLinear`` weights included); nodes
-    whose weight is not a constant are left as they are and reported. Nothing is written unless
-    every check passes.
+    whose weight is not a constant are left as they are and reported. Nothing appears at ``dst``
+    unless every check passes (the file is written into a staged folder beside it meanwhile, and
+    that folder is removed on any failure or interrupt).
 
     Args:
         src: the model (``.onnx``; external data beside it is read too).

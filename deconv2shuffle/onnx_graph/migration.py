@@ -1,8 +1,9 @@
-"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> check -> write.
+"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> check -> publish.
 
-Nothing is written unless every rewritten node matches its ConvTranspose in float64, the new
+Nothing is published unless every rewritten node matches its ConvTranspose in float64, the new
 graph passes ``onnx.checker`` (full check), and, when ONNX Runtime is installed, the whole model
-matches the original on random inputs.
+matches the original on random inputs. The weights are written into a staged file beside the
+output while the rewrite runs (see :mod:`.output`); a failed check removes it.
 """
 
 from __future__ import annotations
