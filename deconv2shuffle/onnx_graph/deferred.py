@@ -153,7 +153,7 @@ def write_fragment(f: BinaryIO, deferred: Deferred, name: str) -> None:
     """Write one placeholder's fragment, its bytes straight from the array."""
     head, array = fragment(deferred, name)
     f.write(head)
-    f.write(memoryview(array).cast("B"))
+    f.write(array.reshape(-1).view(np.uint8).data)
 
 
 def head(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
@@ -161,14 +161,15 @@ def head(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
     graph = model.graph
     drop = set(names)
     positions = [i for i, t in enumerate(graph.initializer) if t.name in drop]
-    kept = [graph.initializer[i].SerializeToString() for i in positions]
+    held = [graph.initializer[i].SerializeToString() for i in positions]
     for i in reversed(positions):
         del graph.initializer[i]
     try:
-        return model.SerializeToString()
+        data: bytes = model.SerializeToString()
+        return data
     finally:
-        for data in kept:
-            graph.initializer.add().ParseFromString(data)
+        for placeholder in held:
+            graph.initializer.add().ParseFromString(placeholder)
 
 
 def write_spliced(

@@ -294,8 +294,8 @@ def write_staged(model: onnx.ModelProto, dst: Path, folder: Path, *, external: b
             if (folder / data_file_name(dst)).exists():
                 files.insert(0, folder / data_file_name(dst))
         else:
-            with open(staged, "wb") as f:
-                write_spliced(model, deferred, f)
+            with open(staged, "wb") as out:
+                write_spliced(model, deferred, out)
         for f in files:
             _fsync(f)
     except (OSError, ValueError) as e:

@@ -234,7 +234,8 @@ def _plan_jobs(
     for src, dst in pairs:
         spec_path = specs[src] if src in specs and (spec is not None or specs[src].exists()) else None
         spec_text = str(spec_path) if spec_path else None
-        job = {"input": str(src), "output": str(dst), "kind": kinds[src], "spec": spec_text, "sidecar": spec is None}
+        job: dict[str, Any] = {"input": str(src), "output": str(dst), "kind": kinds[src], "spec": spec_text}
+        job["sidecar"] = spec is None
         job.update(common, record=str(plan.record_path(dst, out_dir)))
         record = None if common["dry_run"] else plan.read_record(Path(job["record"]))
         if kinds[src] == plan.ONNX:
