@@ -108,13 +108,19 @@ def transposed_to_subpixel(
     nk, nK = math.prod(k), math.prod(K)
     src_idx, dst_idx, dropped = _index_map(plan)
 
-    bits = _bits(weight).reshape(G, c_in // G, c_out_g, nk).transpose(1, 2)  # (G, C_out/G, C_in/G, taps)
-    out = bits.new_zeros(G, c_out_g, c_in // G, R * nK)
-    if src_idx:
-        out.index_copy_(3, torch.tensor(dst_idx), bits[..., torch.tensor(src_idx)])
-    out = out.reshape(G, c_out_g, c_in // G, R, *K)
-    out = out.movedim(3, 2).reshape(c_out * R, c_in // G, *K)
-    new_weight = out.view(weight.dtype)
+    layout = (G, c_out_g, R, c_in // G, nK)  # the Conv's weight: (C_out*R, C_in/G, K...) with channel o*R + phase
+    bits = _bits(weight)
+    out = bits.new_empty(layout)
+    # One gather builds that layout straight from the source seen as (G, C_out/G, R, C_in/G, taps),
+    # its phase axis a broadcast: out[..., phase, :, j] takes source tap table[phase, j], so every
+    # value is read and written once. Positions no source tap reaches (table -1) are zeroed after.
+    table = torch.full((R, nK), -1, dtype=torch.long)
+    table.view(-1)[torch.tensor(dst_idx, dtype=torch.long)] = torch.tensor(src_idx, dtype=torch.long)
+    source = bits.reshape(G, c_in // G, 1, c_out_g, nk).permute(0, 3, 2, 1, 4).expand(*layout[:-1], nk)
+    torch.gather(source, 4, table.clamp(min=0).view(1, 1, R, 1, nK).expand(layout), out=out)
+    for phase, j in (table < 0).nonzero().tolist():
+        out[:, :, phase, :, j] = 0
+    new_weight = out.reshape(c_out * R, c_in // G, *K).view(weight.dtype)
 
     mass = 0.0
     if dropped:

@@ -237,3 +237,137 @@ def test_missing_input_and_folder_input(tmp_path: Path) -> None:
     with pytest.raises(OnnxModelError, match=r"dir.onnx: is a folder, not an ONNX file"):
         inspect_onnx(tmp_path / "dir.onnx")
     _only(tmp_path, "dir.onnx")
+
+
+def _deferred_case():  # type: ignore[no-untyped-def]
+    """A model whose two large initializers are placeholders (values in a Deferred), and the same model whole."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from deconv2shuffle.onnx_graph.deferred import Deferred
+
+    rng = np.random.default_rng(0)
+    values = {
+        "w": rng.standard_normal((64, 40)).astype(np.float32),  # large enough for multi-byte lengths
+        "q": rng.integers(-128, 127, (3000,)).astype(np.int8),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["qf"], ["s"], keepdims=0),
+        helper.make_node("Add", ["y", "s"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 40])],
+        [numpy_helper.from_array(np.ones(3, np.float32), "kept")],
+    )
+    held = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    held.metadata_props.add(key="k", value="v")  # a field after the graph: the order on the wire does not matter
+    deferred = Deferred()
+    for name, array in values.items():
+        deferred.add(
+            held.graph.initializer.add(), name, numpy_helper.from_array(array).data_type, torch.from_numpy(array)
+        )
+    deferred.add(onnx.TensorProto(), "gone", TensorProto.FLOAT, torch.ones(2000))  # not in the graph (a node left)
+
+    def whole(order):  # type: ignore[no-untyped-def]
+        model = onnx.ModelProto()
+        model.CopyFrom(held)
+        del model.graph.initializer[:]
+        model.graph.initializer.extend([numpy_helper.from_array(values[n], n) for n in order])
+        model.graph.initializer.extend([numpy_helper.from_array(np.ones(3, np.float32), "kept")])
+        return model
+
+    return held, deferred, whole, values
+
+
+def _runs_as_written(path: Path, values) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    onnx.checker.check_model(str(path), full_check=True)
+    assert looks_like_onnx(path)
+    x = random_input([2, 64])
+    [got] = run(path, {"x": x})
+    np.testing.assert_allclose(got, x @ values["w"] + values["q"].astype(np.float32).sum(), rtol=1e-5)
+
+
+def test_deferred_weights_are_written_as_one_message_protobuf_reads_back(tmp_path: Path) -> None:
+    """The writer's own framing of placeholder weights, held against protobuf's parser and ONNX Runtime."""
+    import io
+
+    from deconv2shuffle.onnx_graph.deferred import write_spliced
+
+    held, deferred, whole, values = _deferred_case()
+    before = held.SerializeToString()
+    buffer = io.BytesIO()
+    write_spliced(held, deferred, buffer)
+    assert onnx.ModelProto.FromString(buffer.getvalue()) == whole(["w", "q"])  # placeholders filled, first
+    assert held.SerializeToString() == before  # the placeholders are back
+    (tmp_path / "m.onnx").write_bytes(buffer.getvalue())
+    _runs_as_written(tmp_path / "m.onnx", values)
+
+
+@pytest.mark.parametrize("streamed", [["q"], ["q", "w"], [], ["gone", "q"]])
+def test_weights_streamed_during_the_rewrite_make_the_same_model(tmp_path: Path, streamed: list[str]) -> None:
+    """What the writer thread wrote early is kept when the graph still holds it; otherwise the file is redone."""
+    from deconv2shuffle.onnx_graph.output import output
+
+    held, deferred, whole, values = _deferred_case()
+    dst = tmp_path / "m.onnx"
+    with output(dst) as out:
+        assert out is not None
+        out.stream(held, deferred)
+        out.done(streamed)
+        assert out.write(held, deferred, external=False) == [dst]
+    order = ["q", "w"] if streamed and "gone" not in streamed else ["w", "q"]
+    assert onnx.load(str(dst)) == whole(order)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    _runs_as_written(dst, values)
+
+
+def test_a_failure_while_streaming_publishes_nothing(tmp_path: Path) -> None:
+    from deconv2shuffle.onnx_graph.output import output
+
+    held, deferred, _, _ = _deferred_case()
+    with pytest.raises(KeyboardInterrupt), output(tmp_path / "m.onnx") as out:
+        assert out is not None
+        out.stream(held, deferred)
+        out.done(["w", "q"])
+        raise KeyboardInterrupt  # e.g. Ctrl-C during the rewrite
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_the_rewrite_leaves_alone_are_written_as_they_were(tmp_path: Path) -> None:
+    """Large initializers no ConvTranspose reads go to the file early, from their bytes: the same tensors."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = convtranspose_model(**FORUM, c_in=16, c_out=32)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    fc = numpy_helper.from_array(rng.standard_normal((48, 40)).astype(np.float32), "fc")
+    fc.doc_string = "a field besides the data"
+    half = numpy_helper.from_array(rng.standard_normal((3000,)).astype(np.float16), "half")
+    model.graph.initializer.extend([fc, half])
+    model.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 48]))
+    model.graph.node.extend(
+        [
+            helper.make_node("MatMul", ["z", "fc"], ["zf"]),
+            helper.make_node("Cast", ["half"], ["h32"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["h32"], ["hs"], keepdims=0),
+            helper.make_node("Add", ["zf", "hs"], ["v"]),
+        ]
+    )
+    model.graph.output.append(helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 40]))
+    src = save(model, tmp_path / "in.onnx")
+    report = migrate_onnx(src, tmp_path / "out.onnx")
+    assert report.ok and report.end_to_end["max_rel_error"] <= 1e-5
+    kept = {t.name: t for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
+    assert kept["fc"] == fc and kept["half"] == half
+    assert "w" not in kept and "ConvTranspose" not in op_types(tmp_path / "out.onnx")
+    feeds = {"x": random_input([1, 16, 5, 6]), "z": random_input([2, 48], seed=2)}
+    for want, got in zip(run(src, feeds), run(tmp_path / "out.onnx", feeds), strict=True):
+        assert relative_error(want, got) <= 1e-5
+    _only(tmp_path, "in.onnx", "out.onnx")

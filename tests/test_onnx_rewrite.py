@@ -73,6 +73,37 @@ def test_rewrite_matches_in_onnxruntime(
 
 
 @pytest.mark.parametrize(
+    ("rank", "kernel", "attrs", "c_in", "c_out"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_large_weights_take_the_written_while_rewritten_path(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rank: int,
+    kernel: Any,
+    attrs: dict[str, Any],
+    c_in: int,
+    c_out: int,
+) -> None:
+    """Weights above 4 KiB stay out of the protobuf and are streamed into the file."""
+    from deconv2shuffle.onnx_graph.deferred import Deferred
+
+    added: list[str] = []
+    real_add = Deferred.add
+    monkeypatch.setattr(
+        Deferred, "add", lambda self, proto, name, *a: (added.append(name), real_add(self, proto, name, *a))
+    )
+    model = convtranspose_model(rank=rank, kernel=kernel, attrs=attrs, c_in=8 * c_in, c_out=8 * c_out)
+    src, dst, report = _migrate(tmp_path, model)
+    assert added == ["w_subpixel"] and report.nodes[0].max_rel_error < 1e-12
+    assert "ConvTranspose" not in op_types(dst)
+    new_weight = next(t for t in onnx.load(str(dst)).graph.initializer if t.name == "w_subpixel")
+    assert list(new_weight.dims) == report.nodes[0].new_weight_shape
+    x = random_input([2, 8 * c_in, *[5 + i for i in range(rank)]], seed=3)
+    [want], [got] = run(src, {"x": x}), run(dst, {"x": x})
+    assert relative_error(want, got) <= 1e-5
+
+
+@pytest.mark.parametrize(
     ("rank", "kernel", "attrs", "lengths"),
     [
         (2, 4, {"strides": [2, 2], "output_shape": [10, 13]}, (5, 6)),

@@ -65,7 +65,8 @@ def converted(tmp_path_factory):
 
 def test_sample_batch_converts_every_sample_exactly(converted):
     out, report = converted
-    assert report["failed"] == 0 and report["converted"] == len(NAMES)
+    assert report["failed"] == 0 and report["converted"] == len(NAMES) + 1  # and forum.onnx, rewritten as ONNX
+    assert [f["kind"] for f in report["files"]].count("onnx") == 1
     for f in report["files"]:
         assert f["exact"] is True and f["max_rel_error"] < 1e-12, f
 

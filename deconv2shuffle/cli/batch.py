@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._errors import handle_errors
+from ._errors import handle_errors, to_flags
 from ._options import (
     AllowGlobalOpt,
     AllowMissingOpt,
@@ -40,15 +40,16 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 @handle_errors
 def command(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of checkpoints.")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the converted checkpoints (mirrors IN_DIR).")],
+    in_dir: Annotated[Path, typer.Argument(help="Folder of checkpoints (and .onnx models).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the converted files (mirrors IN_DIR).")],
     spec: SpecOpt = None,
     source_model: SourceModelOpt = None,
     source_args: SourceArgsOpt = None,
     target_model: TargetModelOpt = None,
     target_args: TargetArgsOpt = None,
     glob: Annotated[
-        list[str] | None, typer.Option("--glob", help="File pattern (repeatable); default: all checkpoint types.")
+        list[str] | None,
+        typer.Option("--glob", help="File pattern (repeatable); default: all checkpoint types and *.onnx."),
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
@@ -82,6 +83,7 @@ def command(
 ) -> None:
     """Convert every checkpoint in a folder; a spec per run, or a sidecar NAME.toml beside each file.
 
+    ONNX models (.onnx) need no spec: each becomes OUT_DIR/NAME.onnx, as with migrate.
     Ctrl-C or SIGTERM stops at once, keeps the finished outputs and prints the command to resume."""
     from ..pipeline import run_batch
     from ..pipeline.batch import CHECKPOINT_PATTERNS
@@ -122,6 +124,8 @@ def command(
             on_file=lambda r: on_file(replace(r, status="converted") if r.status == "checked" else r),  # "ok"
         )
     _render.batch_summary(result, json_out=json_out)
+    for note in [] if json_out else result.notes:
+        _render.say(f"note: {to_flags(note)}")
     if dry_run and not json_out:
         _render.say(f"dry run: {result.count('checked')} checked, no checkpoint written")
     if result.stopped_by is not None:

@@ -4,16 +4,17 @@ Behind the optional ``onnx`` extra (``pip install 'deconv2shuffle[onnx]'``). Thi
 without it: :func:`looks_like_onnx` needs nothing, and the other functions raise
 :class:`OnnxUnavailableError` (one line, exit code 2) when ``onnx`` is missing.
 
-Modules: ``files`` (sniffing, reading with external data, atomic writing), ``attrs`` (attribute
-resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), ``qdq``
+Modules: ``files`` (sniffing, reading with external data, staging and publishing), ``attrs``
+(attribute resolution), ``lower`` (the one adapter to the engine), ``build`` (new nodes), ``qdq``
 (quantized weights), ``graph`` (names, constants, shapes), ``convert`` (one node), ``verify``
-(float64 node checks, onnx.checker), ``runtime`` (ONNX Runtime check), ``report``, ``migration``
-(the two entry points below).
+(float64 node checks, onnx.checker), ``runtime`` (ONNX Runtime check), ``deferred`` (large
+weights kept out of the protobuf, and the file layout that writes them), ``output`` (writing
+while the rewrite runs), ``report``, ``migration`` (the two entry points below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ __all__ = [
 
 def migrate_onnx(
     src: str | Path,
-    dst: str | Path,
+    dst: str | Path | None,
     *,
     force: bool = False,
     verify: bool = True,
@@ -46,16 +47,19 @@ def migrate_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     external_data: bool | None = None,
     seed: int = 0,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
 ) -> OnnxReport:
     """Rewrite every ConvTranspose of the ONNX model ``src`` into Conv + pixel shuffle + crop; write ``dst``.
 
     Weights are rearranged bit for bit (quantized ``DequantizeLinear`` weights included); nodes
-    whose weight is not a constant are left as they are and reported. Nothing is written unless
-    every check passes.
+    whose weight is not a constant are left as they are and reported. Nothing appears at ``dst``
+    unless every check passes (the file is written into a staged folder beside it meanwhile, and
+    that folder is removed on any failure or interrupt).
 
     Args:
         src: the model (``.onnx``; external data beside it is read too).
         dst: the output; refused if it exists unless ``force=True``, and always if it is ``src``.
+            ``None``: a dry run (every check runs, nothing is written).
         force: replace an existing ``dst``.
         verify: check each rewritten node in float64 against torch's ``conv_transpose``.
         end_to_end: run the original and the rewritten model in ONNX Runtime (when installed) on
@@ -66,6 +70,8 @@ def migrate_onnx(
         external_data: write the weights to ``<dst>.data`` (default: when the input had external
             data or the weights would not fit in one 2 GiB protobuf).
         seed: seed of the random inputs.
+        on_read: called with the external-data files (checked, none read yet) before their
+            bytes are read; a batch records their identity there.
 
     Returns:
         The :class:`OnnxReport`: every node's old and new geometry, MACs ratio and error, the
@@ -91,6 +97,7 @@ def migrate_onnx(
         input_shapes=input_shapes,
         external_data=external_data,
         seed=seed,
+        on_read=on_read,
     )
 
 

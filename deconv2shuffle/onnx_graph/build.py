@@ -23,6 +23,7 @@ import torch
 from onnx import TensorProto, helper
 
 from .attrs import ConvTransposeAttrs, Unsupported
+from .deferred import Deferred, should_defer
 from .graph import Names, from_torch
 from .lower import Lowering
 
@@ -42,6 +43,7 @@ class Emitter:
     base: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     added: list[str] = field(default_factory=list)  # initializers put into the graph
+    deferred: Deferred | None = None  # large weights kept out of the protobuf
 
     def const(self, label: str, values: Sequence[int]) -> str:
         name = self.names.fresh(f"{self.base}/{label}")
@@ -51,7 +53,11 @@ class Emitter:
 
     def tensor(self, base: str, values: torch.Tensor, data_type: int) -> str:
         name = self.names.fresh(base)
-        from_torch(values, name, data_type, into=self.graph.initializer.add())
+        proto = self.graph.initializer.add()
+        if self.deferred is not None and should_defer(values, data_type):
+            self.deferred.add(proto, name, data_type, values)
+        else:
+            from_torch(values, name, data_type, into=proto)
         self.added.append(name)
         return name
 

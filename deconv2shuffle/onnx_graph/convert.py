@@ -10,7 +10,9 @@ graph output and value_info stays valid.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import torch
@@ -28,11 +30,15 @@ from .verify import check_lengths, check_node
 
 @dataclass
 class Operand:
-    """A constant weight or bias: the value the node reads, the tensor, and its DequantizeLinear if any."""
+    """A constant weight or bias: the value the node reads, the tensor, and its DequantizeLinear if any.
+
+    ``stored``: the name of the main-graph initializer that is ``tensor`` (None for a Constant node).
+    """
 
     value: str
     tensor: TensorProto
     quant: Quantized | None = None
+    stored: str | None = None
 
 
 @dataclass
@@ -55,11 +61,12 @@ def _operand(name: str, index: GraphIndex, role: str) -> Operand:
     producer = index.producers.get(name)
     if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
         quant = read_dequantize(producer, index, role)
-        return Operand(name, quant.q, quant)
+        q = producer.input[0]
+        return Operand(name, quant.q, quant, q if index.initializers.get(q) is quant.q else None)
     tensor = index.constant(name, role)
     if tensor.data_type not in FLOATS:
         raise Unsupported(f"{role} {name!r} has element type {type_name(tensor.data_type)}")
-    return Operand(name, tensor)
+    return Operand(name, tensor, stored=name if index.initializers.get(name) is tensor else None)
 
 
 def plan_node(
@@ -117,15 +124,18 @@ def emitter(plan: NodePlan, graph: onnx.GraphProto, names: Names, opset: int) ->
     return Emitter(graph, names, opset, base=node.name or names.fresh(f"ConvTranspose_{node.output[0]}"))
 
 
-def rewrite_node(plan: NodePlan, em: Emitter, *, verify: bool, seed: int) -> None:
+def rewrite_node(
+    plan: NodePlan, em: Emitter, *, verify: bool, seed: int, read: Mapping[str, Any] | None = None
+) -> None:
     """Build the replacement of one planned node into ``em``; checks it in float64 first when ``verify``.
 
+    ``read``: initializers' bytes already read (by name), used instead of copying them again.
     Raises :class:`Unsupported` for what only shows now (the caller leaves the node as it is).
     """
     a, node = plan.attrs, plan.node
     begin, end = _static_padding(plan)
-    w, wq = to_torch(plan.weight.tensor), plan.weight.quant
-    b = None if plan.bias is None else to_torch(plan.bias.tensor)
+    w, wq = _values(plan.weight, read or {}), plan.weight.quant
+    b = None if plan.bias is None else _values(plan.bias, read or {})
     bq = None if plan.bias is None else plan.bias.quant
     layout = weight_layout(wq, a.group) if wq is not None else None
     vectors = list(layout.vectors) if layout is not None else []
@@ -163,6 +173,10 @@ def rewrite_node(plan: NodePlan, em: Emitter, *, verify: bool, seed: int) -> Non
     plan.result.new_weight_shape = list(new_w.shape)
     plan.result.new_nodes = [n.name for n in em.nodes]
     plan.result.macs_ratio = low.macs_ratio
+
+
+def _values(operand: Operand, read: Mapping[str, Any]) -> torch.Tensor:
+    return to_torch(operand.tensor, read.get(operand.stored) if operand.stored is not None else None)
 
 
 def _bias_vectors(bq: Quantized | None) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputExistsError
 from .errors import OnnxModelError, missing_onnx
@@ -27,6 +27,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 # A margin for everything that is not tensor data (nodes, names, shapes) when deciding whether a
 # model still fits in one protobuf message.
 _INLINE_LIMIT = PROTOBUF_LIMIT - 64 * 2**20
+SKELETON_BIG = 4096  # initializers above this many bytes become typed graph inputs in the skeleton
 
 # ModelProto's field tags as they appear on the wire (field number << 3 | wire type); protobuf
 # writers emit fields in number order, so ``ir_version`` (field 1, varint) comes first.
@@ -118,9 +119,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> LoadedModel:
+def read_model(
+    path: str | os.PathLike[str],
+    *,
+    load_data: bool = True,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
+) -> LoadedModel:
     """Read ``path`` and (unless ``load_data`` is false) its external data, after ``onnx.checker``.
 
+    ``on_read`` is called with the external-data files once they are checked and before any of
+    their bytes is read (a batch records their identity then).
     Raises :class:`OnnxModelError` with one line naming the file for anything unreadable.
     """
     require_onnx(path)
@@ -154,6 +162,8 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
         onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError) as e:
         raise OnnxModelError(f"{path}: the model fails onnx.checker ({_first_line(e)}); fix or re-export it") from None
+    if on_read is not None:
+        on_read(files)
     if files and load_data:
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -165,7 +175,7 @@ def read_model(path: str | os.PathLike[str], *, load_data: bool = True) -> Loade
 
 
 def skeleton(
-    model: onnx.ModelProto, big: int = 4096, movable: Callable[[onnx.TensorProto], bool] | None = None
+    model: onnx.ModelProto, big: int = SKELETON_BIG, movable: Callable[[onnx.TensorProto], bool] | None = None
 ) -> onnx.ModelProto:
     """The model without its weights: each large or external initializer becomes a typed graph input.
 
@@ -244,7 +254,8 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staging(dst: Path) -> Iterator[Path]:
+def staging(dst: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dst`` for the files to publish; removed with whatever is left in it."""
     parent = dst.parent if str(dst.parent) else Path(".")
     try:
         folder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
@@ -256,40 +267,48 @@ def _staging(dst: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_model(model: onnx.ModelProto, dst: Path, *, external: bool) -> list[Path]:
-    """Write ``model`` to ``dst`` (and ``dst.data`` when ``external``), atomically.
+def write_staged(model: onnx.ModelProto, dst: Path, folder: Path, *, external: bool, deferred: Any) -> list[Path]:
+    """Write ``model`` (and ``dst.data`` when ``external``) into ``folder``, fsynced; the files to publish.
 
-    Everything is written into a temporary folder beside ``dst``, fsynced, then moved into place
-    with ``os.replace``: the data file first, then the model. On any failure nothing is left
-    behind. ``model`` is changed when ``external`` (its tensors then point at the data file).
+    ``deferred``: the values of placeholder initializers (a :class:`~.deferred.Deferred`),
+    streamed into the file. ``model`` is changed when ``external`` (its tensors then point at
+    the data file). Raises :class:`OnnxModelError` when writing fails.
     """
     import onnx
 
-    written: list[Path] = []
-    with _staging(dst) as folder:
-        staged = folder / dst.name
-        files = [staged]
-        try:
-            if external:
-                onnx.save_model(
-                    model,
-                    str(staged),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_file_name(dst),
-                    size_threshold=1024,
-                )
-                if (folder / data_file_name(dst)).exists():
-                    files.insert(0, folder / data_file_name(dst))
-            else:
-                onnx.save_model(model, str(staged))
-            for f in files:
-                _fsync(f)
-        except (OSError, ValueError) as e:
-            raise OnnxModelError(f"{dst}: write failed ({e}); nothing was written") from None
+    from .deferred import write_spliced
+
+    staged = folder / dst.name
+    files = [staged]
+    try:
+        if external:
+            deferred.fill(model)
+            onnx.save_model(
+                model,
+                str(staged),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file_name(dst),
+                size_threshold=1024,
+            )
+            if (folder / data_file_name(dst)).exists():
+                files.insert(0, folder / data_file_name(dst))
+        else:
+            with open(staged, "wb") as out:
+                write_spliced(model, deferred, out)
         for f in files:
-            os.replace(f, dst.parent / f.name)
-            written.append(dst.parent / f.name)
+            _fsync(f)
+    except (OSError, ValueError) as e:
+        raise OnnxModelError(f"{dst}: write failed ({e}); nothing was written") from None
+    return files
+
+
+def publish(staged: list[Path], dst: Path) -> list[Path]:
+    """Move the staged (fsynced) files beside ``dst``, the model last; returns where they are now."""
+    written = []
+    for f in staged:
+        os.replace(f, dst.parent / f.name)
+        written.append(dst.parent / f.name)
     with contextlib.suppress(OSError):
         _fsync(dst.parent if str(dst.parent) else Path("."))
     return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 import torch
@@ -43,13 +44,20 @@ def type_name(data_type: int) -> str:
     return str(TensorProto.DataType.Name(data_type)).lower()
 
 
-def to_torch(tensor: TensorProto) -> torch.Tensor:
-    """The tensor's values as torch (float types as such, the others carried by an int of equal width)."""
+def to_torch(tensor: TensorProto, raw: Any = None) -> torch.Tensor:
+    """The tensor's values as torch (float types as such, the others carried by an int of equal width).
+
+    ``raw``: the tensor's bytes already read (any buffer, e.g. the array ONNX Runtime was fed),
+    so they are not copied out of the protobuf again.
+    """
     carrier = _CARRIER.get(tensor.data_type)
     if carrier is None:
         raise Unsupported(f"tensor {tensor.name!r} has element type {type_name(tensor.data_type)}, not supported")
     shape = tuple(int(d) for d in tensor.dims)
-    raw = tensor.raw_data if tensor.HasField("raw_data") else None
+    if raw is not None:
+        raw = memoryview(raw).cast("B")
+    elif tensor.HasField("raw_data"):
+        raw = tensor.raw_data
     if raw is None:
         raw = onnx.numpy_helper.to_array(tensor).tobytes()
     if not raw:

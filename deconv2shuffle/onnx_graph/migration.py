@@ -1,20 +1,23 @@
-"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> check -> write.
+"""ONNX model in, ONNX model out: read -> plan -> rewrite (checking each node) -> check -> publish.
 
-Nothing is written unless every rewritten node matches its ConvTranspose in float64, the new
+Nothing is published unless every rewritten node matches its ConvTranspose in float64, the new
 graph passes ``onnx.checker`` (full check), and, when ONNX Runtime is installed, the whole model
-matches the original on random inputs.
+matches the original on random inputs. The weights are written into a staged file beside the
+output while the rewrite runs (see :mod:`.output`); a failed check removes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from .attrs import Unsupported
 from .convert import NodePlan, emitter, geometry, plan_node, rewrite_node
-from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes, write_model
+from .deferred import Deferred
+from .files import _INLINE_LIMIT, LoadedModel, check_destination, read_model, tensor_bytes
 from .graph import (
     GraphIndex,
     Names,
@@ -25,8 +28,9 @@ from .graph import (
     static_shapes,
     subgraphs,
 )
+from .output import output
 from .report import OnnxReport
-from .runtime import compare, reference
+from .runtime import Reference, compare, reference
 from .verify import check_graph
 
 D2S_OPSET = 11
@@ -78,21 +82,37 @@ def _choose_opset(model: onnx.ModelProto, opset: int, plans: list[NodePlan], rep
     return D2S_OPSET
 
 
-def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, verify: bool, seed: int) -> list[str]:
-    """Replace every planned node in place; returns the values that became unused and were removed."""
+def _rewrite_all(
+    model: onnx.ModelProto,
+    plans: list[NodePlan],
+    opset: int,
+    deferred: Deferred,
+    *,
+    verify: bool,
+    seed: int,
+    read: Mapping[str, Any],
+    done: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """Replace every planned node in place; returns the values that became unused and were removed.
+
+    Large new weights go into ``deferred`` (placeholders in the graph); ``read`` holds weights'
+    bytes already read out of the protobuf; ``done`` gets each rewritten node's new initializers."""
     graph = model.graph
     names = Names(graph)
     obsolete: set[str] = set()
     replacements = []
     for plan in plans:
         em = emitter(plan, graph, names, opset)
+        em.deferred = deferred
         try:
-            rewrite_node(plan, em, verify=verify, seed=seed)
+            rewrite_node(plan, em, verify=verify, seed=seed, read=read)
         except Unsupported as e:
             plan.result.reason = str(e)
             obsolete.update(em.added)  # nothing reads them: they go again
             continue
         replacements.append((plan.position, em))
+        if done is not None:
+            done(em.added)
         obsolete.update(i for i in plan.node.input[1:] if i)
     for position, em in sorted(replacements, key=lambda r: r[0], reverse=True):
         del graph.node[position]
@@ -103,7 +123,7 @@ def _rewrite_all(model: onnx.ModelProto, plans: list[NodePlan], opset: int, *, v
 
 def migrate_onnx(
     src: str | Path,
-    dst: str | Path,
+    dst: str | Path | None,
     *,
     force: bool = False,
     verify: bool = True,
@@ -112,32 +132,59 @@ def migrate_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     external_data: bool | None = None,
     seed: int = 0,
+    on_read: Callable[[tuple[Path, ...]], None] | None = None,
 ) -> OnnxReport:
     """See :func:`deconv2shuffle.onnx_graph.migrate_onnx` (this module needs ``onnx`` at import)."""
-    src, dst = Path(src), Path(dst)
-    check_destination(src, dst, force=force)
-    loaded = read_model(src)
-    check_destination(src, dst, force=force, input_files=loaded.external_files)
-    report = OnnxReport(source_file=str(src), output_file=str(dst), opset=loaded.opset, tolerance=tolerance)
-    original = reference(loaded.model, input_shapes, seed) if end_to_end else None
-    plans = _plan_all(loaded, report)
-    if not report.nodes:
-        report.notes.append("the model has no ConvTranspose node; it is written unchanged")
-    opset = _choose_opset(loaded.model, loaded.opset, plans, report)
-    report.removed = _rewrite_all(loaded.model, plans, opset, verify=verify, seed=seed)
-    if not verify:
-        report.notes.append("per-node float64 checks were not run (verify=False)")
-    external = _external(loaded, external_data, dst, report)
-    check_graph(loaded.model)
-    report.checks.append("onnx.checker full check (strict shape inference included): passed")
-    if original is None:
-        report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
-    else:
-        report.end_to_end = compare(original, loaded.model, tolerance=tolerance)
-    del original
-    report.written = [str(p) for p in write_model(loaded.model, dst, external=external)]
+    src, dst = Path(src), None if dst is None else Path(dst)
+    if dst is not None:
+        check_destination(src, dst, force=force)
+    loaded = read_model(src, on_read=on_read)
+    if dst is not None:
+        check_destination(src, dst, force=force, input_files=loaded.external_files)
+    report = OnnxReport(
+        source_file=str(src), output_file=None if dst is None else str(dst), opset=loaded.opset, tolerance=tolerance
+    )
+    deferred = Deferred()
+    with output(dst) as out:
+        if out is not None and external_data is not True and not loaded.external_files:
+            unchanged = deferred.adopt(loaded.model.graph, _read_by_rewrite(loaded.model.graph))
+            out.stream(loaded.model, deferred)  # each node's weights are written as soon as it is done
+            out.done(unchanged)  # the weights no rewrite touches: at once
+        original = reference(loaded.model, input_shapes, seed, deferred.arrays) if end_to_end else None
+        plans = _plan_all(loaded, report)
+        if not report.nodes:
+            report.notes.append("the model has no ConvTranspose node; it is written unchanged")
+        opset = _choose_opset(loaded.model, loaded.opset, plans, report)
+        read = original.weights if isinstance(original, Reference) else {}
+        done = None if out is None else out.done
+        report.removed = _rewrite_all(
+            loaded.model, plans, opset, deferred, verify=verify, seed=seed, read=read, done=done
+        )
+        del read
+        if not verify:
+            report.notes.append("per-node float64 checks were not run (verify=False)")
+        external = _external(loaded, external_data, dst or src, report)
+        check_graph(loaded.model)
+        report.checks.append("onnx.checker full check (strict shape inference included): passed")
+        if original is None:
+            report.end_to_end = {"skipped": "not asked for (end_to_end=False)"}
+        else:
+            report.end_to_end = compare(original, loaded.model, tolerance=tolerance, known=deferred.arrays)
+        del original
+        if out is None:
+            report.notes.append("dry run: every check ran, nothing was written")
+        else:
+            report.written = [str(p) for p in out.write(loaded.model, deferred, external=external)]
     report.ok = True
     return report
+
+
+def _read_by_rewrite(graph: onnx.GraphProto) -> set[str]:
+    """Initializers a rewrite may read or remove (inputs of ConvTranspose and DequantizeLinear
+    nodes), and those that are graph inputs too: these stay in the protobuf as they are."""
+    ops = ("ConvTranspose", "DequantizeLinear")
+    read = {name for node in graph.node if node.op_type in ops for name in node.input}
+    return read | {v.name for v in graph.input}
 
 
 def _external(loaded: LoadedModel, asked: bool | None, dst: Path, report: OnnxReport) -> bool:

@@ -62,7 +62,7 @@ class OnnxReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
-        title = "inspection" if self.output_file is None else "migration"
+        title = "inspection" if self.output_file is None and not self.checks else "migration"
         lines = [f"# deconv2shuffle ONNX {title}: {'ok' if self.ok else 'FAILED'}", ""]
         lines.append(f"- source: `{self.source_file}` (opset {self.opset})")
         if self.output_file:
@@ -70,7 +70,7 @@ class OnnxReport:
             lines.append(f"- output: `{self.output_file}`{data}")
         if self.opset_raised_to:
             lines.append(f"- opset raised from {self.opset} to {self.opset_raised_to} for DepthToSpace in CRD mode")
-        done = "converted" if self.output_file else "convertible"
+        done = "converted" if self.output_file or self.checks else "convertible"
         lines.append(
             f"- ConvTranspose nodes: {len(self.nodes)}, {done} {len(self.nodes) - len(self.left)}, "
             f"left as they are {len(self.left)}"

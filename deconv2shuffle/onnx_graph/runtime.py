@@ -115,15 +115,21 @@ def _last_line(e: BaseException) -> str:
 
 
 def reference(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    known: Mapping[str, Any] | None = None,
 ) -> Reference | dict[str, Any]:
-    """Run the original model on random inputs; a ``{"skipped": why}`` dict when that cannot be done."""
+    """Run the original model on random inputs; a ``{"skipped": why}`` dict when that cannot be done.
+
+    ``known``: arrays of initializers that are placeholders in ``model`` (see :mod:`.deferred`).
+    """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return {"skipped": "onnxruntime is not installed; only the per-node float64 checks ran"}
     try:
-        session, weights = _prepare(model, {})
+        session, weights = _prepare(model, known or {})
         feeds, used = _feeds(session, weights, input_shapes or {}, seed)
         outputs = session.run(None, {**feeds, **weights})
     except Exception as e:  # the original itself does not run here: nothing to compare against
@@ -134,9 +140,16 @@ def reference(
     return Reference(feeds, used, [o.name for o in session.get_outputs()], outputs, weights)
 
 
-def compare(ref: Reference | dict[str, Any], model: onnx.ModelProto, *, tolerance: float) -> dict[str, Any]:
+def compare(
+    ref: Reference | dict[str, Any],
+    model: onnx.ModelProto,
+    *,
+    tolerance: float,
+    known: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the rewritten model on the reference's inputs and compare every output.
 
+    ``known``: arrays of initializers that are placeholders in ``model`` (the bytes to be written).
     Returns what was compared (or why the check was skipped); raises :class:`VerificationError`
     when an output differs by more than ``tolerance`` relative to the output's largest value
     (integer outputs must be equal).
@@ -146,7 +159,7 @@ def compare(ref: Reference | dict[str, Any], model: onnx.ModelProto, *, toleranc
     import onnxruntime as ort
 
     try:
-        session, weights = _prepare(model, ref.weights)
+        session, weights = _prepare(model, {**ref.weights, **(known or {})})
         got = session.run(None, {**ref.feeds, **weights})
     except Exception as e:
         raise VerificationError(

@@ -1,6 +1,9 @@
 """batch: convert a folder of checkpoints in one process (or ``jobs`` worker processes).
 
-Each file gets the shared spec/models, or its sidecar spec (``gen.pth`` + ``gen.toml``). A bad
+Each file gets the shared spec/models, or its sidecar spec (``gen.pth`` + ``gen.toml``). ONNX
+models (``.onnx``, or sniffed) are rewritten by :func:`~deconv2shuffle.onnx_graph.migrate_onnx`
+into ``<name>.onnx``: the graph carries every hyperparameter, so the checkpoint options (spec,
+models, renames...) do not apply to them. A bad
 file is recorded and skipped; an output whose record says it was made from the same input, spec
 and options is left alone (see :mod:`.batch_plan`), so a stopped batch resumes where it stopped.
 ``shard=(i, n)`` keeps the files whose path hashes to ``i`` modulo ``n``: a stable split for
@@ -49,6 +52,7 @@ class BatchResult:
     seconds: float = 0.0
     dry_run: bool = False
     stopped_by: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         """How many files have ``status`` (converted, checked, skipped, failed or interrupted)."""
@@ -99,14 +103,16 @@ def run_batch(
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[FileResult], None] | None = None,
 ) -> BatchResult:
-    """Convert every checkpoint in a folder into a mirror folder.
+    """Convert every checkpoint (and ONNX model) in a folder into a mirror folder.
 
     Args:
-        in_dir: the folder of checkpoints (never written to).
+        in_dir: the folder of checkpoints and ONNX models (never written to).
         out_dir: the folder for the results; must differ from ``in_dir``.
-        spec, source_model, target_model, source_args, target_args: for every file; without
-            them each file needs a sidecar spec (``gen.pth`` + ``gen.toml``). Models given here
-            replace a sidecar's ``[models]`` table, whose files are then never imported.
+        spec, source_model, target_model, source_args, target_args: for every checkpoint;
+            without them each checkpoint needs a sidecar spec (``gen.pth`` + ``gen.toml``).
+            Models given here replace a sidecar's ``[models]`` table, whose files are then never
+            imported. ONNX models need none of this (nor the other checkpoint options); when
+            the folder holds only ONNX models, ``notes`` says which given options went unused.
         patterns: file name patterns to convert.
         recursive: descend into subfolders.
         jobs: worker processes.
@@ -124,7 +130,8 @@ def run_batch(
         on_file: called with each file's result as it finishes.
 
     Returns:
-        The :class:`BatchResult`; a failed file is recorded there and does not stop the others.
+        The :class:`BatchResult`; a failed file is recorded there and does not stop the others
+        (an ONNX model without the ``onnx`` extra installed is such a failure).
         SIGINT or SIGTERM stop the batch: the result so far comes back with ``stopped_by`` set.
 
     Raises:
@@ -170,7 +177,9 @@ def run_batch(
     with _stop_on_signals():
         try:
             files = _select(in_dir, out_dir, patterns, recursive, chosen)
-            todo = _plan_jobs(files, in_dir, out_dir, to, spec, force, common, result)
+            kinds = {src: plan.ONNX if plan.is_onnx(src) else "checkpoint" for src in files}
+            result.notes += _unused_options(kinds, in_dir, {"spec": spec, "to": to, **common})
+            todo = _plan_jobs(files, kinds, in_dir, out_dir, to, spec, force, common, result)
             if report_path is not None:
                 report_checks = _check_report(report_path, files, spec, todo, result, common, force)
             if on_start:
@@ -206,6 +215,7 @@ def _select(
 
 def _plan_jobs(
     files: list[Path],
+    kinds: dict[Path, str],
     in_dir: Path,
     out_dir: Path,
     to: str,
@@ -216,29 +226,73 @@ def _plan_jobs(
 ) -> list[dict[str, Any]]:
     """A job per file to convert; files that cannot be, and those up to date, go straight into ``result``."""
     shared = spec is not None or common["source_model"] is not None
-    pairs = [(src, plan.output_path(src, in_dir, out_dir, to)) for src in files]
-    specs = {src: Path(spec) if spec is not None else plan.sidecar(src) for src in files}
+    pairs = [(src, plan.output_path(src, in_dir, out_dir, to, kinds[src])) for src in files]
+    specs = {src: Path(spec) if spec is not None else plan.sidecar(src) for src in files if kinds[src] != plan.ONNX}
     reads = [*files, *(s for p in files for s in plan.index_shards(p)), *specs.values()]
     refused = plan.collisions(pairs, reads)
     todo: list[dict[str, Any]] = []
     for src, dst in pairs:
-        spec_path = specs[src] if spec is not None or specs[src].exists() else None
+        spec_path = specs[src] if src in specs and (spec is not None or specs[src].exists()) else None
         spec_text = str(spec_path) if spec_path else None
-        job = {"input": str(src), "output": str(dst), "spec": spec_text, "sidecar": spec is None, **common}
-        job["record"] = str(plan.record_path(dst, out_dir))
+        job: dict[str, Any] = {"input": str(src), "output": str(dst), "kind": kinds[src], "spec": spec_text}
+        job["sidecar"] = spec is None
+        job.update(common, record=str(plan.record_path(dst, out_dir)))
         record = None if common["dry_run"] else plan.read_record(Path(job["record"]))
+        if kinds[src] == plan.ONNX:
+            job["data_files"] = plan.recorded_data_files(record, src)
         error = refused.get(src)
-        if error is None and not shared and spec_path is None:
+        if error is None and not shared and src in specs and spec_path is None:
             error = f"{src}: no spec; add {plan.sidecar(src).name} beside it or pass spec='spec.toml' for every file"
         if error is None and not force and not common["dry_run"] and record is None and dst.exists():
             error = f"{dst}: already exists and no record says this batch wrote it; pass force=True to replace it"
         if error is not None:
-            result.files.append(FileResult(str(src), str(dst), "failed", spec=spec_text, error=error))
+            result.files.append(FileResult(str(src), str(dst), "failed", spec=spec_text, error=error, kind=kinds[src]))
         elif not force and plan.up_to_date(job, record):
-            result.files.append(FileResult(str(src), str(dst), "skipped", spec=spec_text))
+            result.files.append(FileResult(str(src), str(dst), "skipped", spec=spec_text, kind=kinds[src]))
         else:
             todo.append({**job, "force": force or record is not None, "claim": record is None})
     return todo
+
+
+# checkpoint options that are set when they differ from these (ONNX models use none of them)
+_CHECKPOINT_DEFAULTS: dict[str, Any] = {
+    "spec": None,
+    "source_model": None,
+    "target_model": None,
+    "source_args": None,
+    "target_args": None,
+    "to": "same",
+    "approx": False,
+    "trust_pickle": False,
+    "allow_globals": [],
+    "state_dict_key": None,
+    "rename": [],
+    "drop": [],
+    "tolerance": DEFAULT_TOLERANCE,
+    "input_shape": None,
+    "allow_missing": False,
+    "drop_unexpected": False,
+}
+
+
+def _unused_options(kinds: dict[Path, str], in_dir: Path, given: dict[str, Any]) -> list[str]:
+    """A note when checkpoint options were given but every file is an ONNX model (none uses them)."""
+    if not kinds or any(kind != plan.ONNX for kind in kinds.values()):
+        return []
+    unused = [f"{k}={_shown(given[k])}" for k, default in _CHECKPOINT_DEFAULTS.items() if given[k] != default]
+    if not unused:
+        return []
+    return [
+        f"{', '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} to checkpoints only, and the "
+        f"{len(kinds)} file(s) of {in_dir} are all ONNX models, which carry their own hyperparameters: "
+        f"they were converted without {'it' if len(unused) == 1 else 'them'}"
+    ]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        value = [tuple(v) for v in value]  # rename pairs, as the API takes them
+    return repr(str(value) if isinstance(value, Path) else value)
 
 
 def _read_files(result: BatchResult, spec: str | Path | None, common: dict[str, Any]) -> list[Path]:
@@ -265,10 +319,11 @@ def _check_report(
     Returns:
         The checks to repeat when the report is written (:func:`publish_file`'s keywords).
     """
-    planned = [FileResult(j["input"], j["output"], "planned", spec=j["spec"]) for j in todo]
+    planned = [FileResult(j["input"], j["output"], "planned", spec=j["spec"], kind=j["kind"]) for j in todo]
     everything = BatchResult(result.input_dir, result.output_dir, None, [*result.files, *planned])
     inputs = [*files, *_read_files(everything, spec, common)]
     outputs = [Path(f.output) for f in everything.files]
+    outputs += [Path(f"{f.output}.data") for f in everything.files if f.kind == plan.ONNX]  # external data
     outputs += [plan.record_path(p, Path(result.output_dir)) for p in outputs]
     check_new_file(path, inputs=inputs, outputs=outputs, force=force)
     return {"inputs": inputs, "outputs": outputs, "force": force}
@@ -296,7 +351,9 @@ def _run_jobs(
         for job in todo:
             if job["input"] not in done:
                 note = "stopped before it finished; partial output removed; the next run converts it"
-                result.files.append(FileResult(job["input"], job["output"], "interrupted", job["spec"], note=note))
+                result.files.append(
+                    FileResult(job["input"], job["output"], "interrupted", job["spec"], note=note, kind=job["kind"])
+                )
         raise
 
 

@@ -8,6 +8,10 @@ of the output written. An output is up to date when all of that still matches; a
 replaced or touched during its conversion no longer matches its record, so the next run redoes
 it. The record also says the output is the batch's own: one without a record is replaced only
 with ``force=True``.
+
+ONNX models (named ``.onnx``, or sniffed from their first bytes) go to ``OUT/sub/<name>.onnx``;
+their record lists the model file and the external-data files it read, and no checkpoint option
+changes what they become.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UsageError
+from ..onnx_graph.files import looks_like_onnx
 
-CHECKPOINT_PATTERNS = ("*.pth", "*.pt", "*.bin", "*.ckpt", "*.safetensors", "*.safetensors.index.json")
-_SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+CHECKPOINT_PATTERNS = ("*.pth", "*.pt", "*.bin", "*.ckpt", "*.safetensors", "*.safetensors.index.json", "*.onnx")
+_SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".onnx")
+ONNX = "onnx"  # a job's "kind" for ONNX models; checkpoints are "checkpoint"
 RECORDS = ".deconv2shuffle"  # the folder of records, at the top of the output folder
 RECORD_VERSION = 1
 # options that change what a conversion writes (jobs, shard, force and the pickle allowances do not)
@@ -97,9 +103,17 @@ def find_checkpoints(root: Path, patterns: Iterable[str], recursive: bool) -> li
     return sorted(visible, key=lambda p: str(p.relative_to(root)))
 
 
-def output_path(src: Path, in_dir: Path, out_dir: Path, to: str) -> Path:
-    """Where ``src`` is written: the same relative path under ``out_dir``, with ``to``'s extension."""
+def is_onnx(path: Path) -> bool:
+    """An ONNX model: named ``.onnx`` (a corrupt one is then reported as such), or sniffed as one."""
+    return path.name.lower().endswith(".onnx") or looks_like_onnx(path)
+
+
+def output_path(src: Path, in_dir: Path, out_dir: Path, to: str, kind: str = "checkpoint") -> Path:
+    """Where ``src`` is written: the same relative path under ``out_dir``, with ``to``'s extension
+    (an ONNX model always becomes ``<name>.onnx``)."""
     dst = out_dir / src.relative_to(in_dir)
+    if kind == ONNX:
+        return dst if dst.name.lower().endswith(".onnx") else dst.with_name(stem(src) + ".onnx")
     if to == "same":
         return dst
     ext = {"safetensors": ".safetensors", "pth": ".pth"}[to]
@@ -156,16 +170,19 @@ def model_files(job: Mapping[str, Any]) -> list[Path]:
 
 
 def job_inputs(job: Mapping[str, Any]) -> list[Path]:
-    """Every file a job reads: the checkpoint (and its shards), its spec, the model files."""
+    """Every file a job reads: the checkpoint (and its shards), its spec, the model files; for an
+    ONNX model, the model and its external-data files (``data_files``, as last recorded)."""
     src = Path(job["input"])
+    if job.get("kind") == ONNX:
+        return [src, *(Path(p) for p in job.get("data_files", ()))]
     shards = index_shards(src) if src.name.endswith(".index.json") else []
     spec = [Path(job["spec"])] if job.get("spec") else []
     return [src, *shards, *spec, *model_files(job)]
 
 
 def options_digest(job: Mapping[str, Any]) -> str:
-    """A digest of the options that change what the job writes."""
-    chosen = {k: job.get(k) for k in OUTPUT_OPTIONS}
+    """A digest of the options that change what the job writes (none of them change an ONNX model)."""
+    chosen = {"kind": ONNX} if job.get("kind") == ONNX else {k: job.get(k) for k in OUTPUT_OPTIONS}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -186,6 +203,12 @@ def read_record(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
         return None
     return data
+
+
+def recorded_data_files(record: Mapping[str, Any] | None, src: Path) -> list[str]:
+    """The external-data files an ONNX model's record lists (every input but the model itself)."""
+    inputs = record.get("inputs") if record else None
+    return [p for p in inputs if p != str(src)] if isinstance(inputs, dict) else []
 
 
 def up_to_date(job: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:

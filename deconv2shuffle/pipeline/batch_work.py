@@ -46,6 +46,7 @@ class FileResult:
     exact: bool | None = None
     seconds: float = 0.0
     note: str | None = None
+    kind: str = "checkpoint"  # or "onnx"
 
 
 class Stop(BaseException):  # noqa: N818 (not an error: a request to stop, like KeyboardInterrupt)
@@ -92,40 +93,82 @@ def convert_one(job: dict[str, Any]) -> FileResult:
     meanwhile keeps the identity taken before, so the next run converts it again.
 
     Args:
-        job: ``input``, ``output``, ``spec``, the model references, :func:`migrate`'s options,
-            ``force`` and ``claim`` (plain data, so it can be sent to a worker process).
+        job: ``input``, ``output``, ``kind``, ``spec``, the model references, :func:`migrate`'s
+            options, ``force`` and ``claim`` (plain data, so it can be sent to a worker process).
 
     Returns:
         The file's result.
     """
     start = time.perf_counter()
-    src, dst = Path(job["input"]), Path(job["output"])
-    result = FileResult(input=str(src), output=str(dst), status="failed", spec=job.get("spec"))
-    claimed = False
+    kind = job.get("kind", "checkpoint")
+    result = FileResult(input=job["input"], output=job["output"], status="failed", spec=job.get("spec"), kind=kind)
+    claimed: list[bool] = []
     try:
-        sources = _sources_for(job)
-        before = plan.current_state(job)
-        if not job["dry_run"]:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _write_record(job, before, None)
-            claimed = job["claim"]
-        report = migrate(src, None if job["dry_run"] else dst, sources=sources, force=job["force"], **_options(job))
-        if not job["dry_run"]:
-            _write_record(job, before, plan.identity(dst))
-            if plan.current_state(job) != before:
-                result.note = "an input changed while it was converted; the next run converts it again"
+        (_convert_onnx if kind == plan.ONNX else _convert_checkpoint)(job, result, claimed)
         result.status = "checked" if job["dry_run"] else "converted"
-        result.layers = len(report.layers)
-        result.exact = all(layer.exact for layer in report.layers)
-        result.max_rel_error = max((layer.max_rel_error for layer in report.layers), default=0.0)
     except Deconv2ShuffleError as e:
         result.error = str(e)
-        if claimed:
+        if any(claimed):
             plan.remove_record(Path(job["record"]))  # nothing of ours is there
     except Exception as e:  # one broken file must not stop the batch
         result.error = f"unexpected {type(e).__name__}: {e}"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _claim(job: dict[str, Any], before: dict[str, Any], claimed: list[bool]) -> None:
+    """Record the inputs' identity beside the output before anything is read (not in a dry run)."""
+    if not job["dry_run"]:
+        Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
+        _write_record(job, before, None)
+        claimed.append(job["claim"])
+
+
+def _finish(job: dict[str, Any], state: dict[str, Any], result: FileResult) -> None:
+    """Record the output's identity with the inputs' as they were read; note an input that changed since."""
+    if not job["dry_run"]:
+        _write_record(job, state, plan.identity(Path(job["output"])))
+        if plan.current_state(job) != state:
+            result.note = "an input changed while it was converted; the next run converts it again"
+
+
+def _convert_checkpoint(job: dict[str, Any], result: FileResult, claimed: list[bool]) -> None:
+    src, dst = Path(job["input"]), Path(job["output"])
+    sources = _sources_for(job)
+    before = plan.current_state(job)
+    _claim(job, before, claimed)
+    report = migrate(src, None if job["dry_run"] else dst, sources=sources, force=job["force"], **_options(job))
+    _finish(job, before, result)
+    result.layers = len(report.layers)
+    result.exact = all(layer.exact for layer in report.layers)
+    result.max_rel_error = max((layer.max_rel_error for layer in report.layers), default=0.0)
+
+
+def _convert_onnx(job: dict[str, Any], result: FileResult, claimed: list[bool]) -> None:
+    """Rewrite an ONNX model; its record lists the external-data files as they were when read."""
+    from ..onnx_graph import migrate_onnx
+
+    src, dst = Path(job["input"]), Path(job["output"])
+    before = plan.current_state(job)
+    _claim(job, before, claimed)
+    read: dict[str, list[int] | None] = {}
+
+    def on_read(files: tuple[Path, ...]) -> None:
+        read.update((str(f), plan.identity(f)) for f in files)
+
+    report = migrate_onnx(src, None if job["dry_run"] else dst, force=job["force"], on_read=on_read)
+    job = {**job, "data_files": list(read)}
+    _finish(job, {**before, "inputs": {str(src): before["inputs"][str(src)], **read}}, result)
+    converted = report.converted
+    result.layers = len(converted)
+    result.exact = True  # every rewritten node moved its weights bit for bit, checked in float64
+    result.max_rel_error = max((n.max_rel_error or 0.0 for n in converted), default=0.0)
+    notes = []
+    if report.left:
+        notes.append(f"{len(report.left)} ConvTranspose node(s) left as they are ({report.left[0].reason})")
+    if report.end_to_end and "skipped" in report.end_to_end:
+        notes.append(f"end-to-end check skipped: {report.end_to_end['skipped']}")
+    result.note = "; ".join(filter(None, [result.note, *notes])) or None
 
 
 def _options(job: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +228,7 @@ def run_parallel(todo: list[dict[str, Any]], jobs: int, finished: Callable[[File
             except BrokenProcessPool as e:
                 job = futures[fut]
                 error = f"{job['input']}: the worker process died ({e}); nothing was written"
-                finished(FileResult(job["input"], job["output"], "failed", job["spec"], error=error))
+                finished(FileResult(job["input"], job["output"], "failed", job["spec"], error=error, kind=job["kind"]))
         pool.shutdown()
     except BaseException:
         _stop_pool(pool, [p for p in multiprocessing.active_children() if p not in before])
