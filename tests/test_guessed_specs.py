@@ -84,3 +84,31 @@ def test_a_wrong_guess_is_caught_by_the_source_model(tmp_path, cli, models_py, o
 def test_guessed_must_be_a_boolean(tmp_path):
     with pytest.raises(SpecError, match=r"layers\[0\]\.guessed must be true or false"):
         parse_spec('[[layers]]\nsource = "up"\nstride = 2\nguessed = "yes"\n')
+
+
+def test_batch_refuses_guesses_per_file_and_warns_when_only_per_layer_checks_ran(tmp_path, cli):
+    path = _draft(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "m.pth").rename(tmp_path / "in" / "m.pth")
+    refused = cli("batch", tmp_path / "in", tmp_path / "out", "--spec", path, "--json")
+    assert refused.exit_code == 1, refused.output
+    (row,) = json.loads(refused.stdout)["files"]
+    assert row["status"] == "failed" and "guessed = true" in row["error"]
+    accepted = cli("batch", tmp_path / "in", tmp_path / "out", "--spec", path, "--accept-guesses", "--json")
+    assert accepted.exit_code == 0, accepted.output
+    (row,) = json.loads(accepted.stdout)["files"]
+    assert row["status"] == "converted" and row["end_to_end_error"] is None
+    assert row["note"] == "only per-layer checks: no source model"
+    human = cli("batch", tmp_path / "in", tmp_path / "out2", "--spec", path, "--accept-guesses")
+    assert "warning: 1 file(s) had ONLY THE PER-LAYER CHECKS" in human.output and "m.pth" in human.output
+
+
+def test_batch_with_a_source_model_reports_the_end_to_end_error(tmp_path, cli, models_py, old_model):
+    (tmp_path / "in").mkdir()
+    torch.save(old_model.Old().state_dict(), tmp_path / "in" / "m.pth")
+    result = cli("batch", tmp_path / "in", tmp_path / "out", "--source-model", f"{models_py}:Old", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["files"]
+    assert row["end_to_end_error"] is not None and row["end_to_end_error"] < 1e-12 and row["note"] is None
+    human = cli("batch", tmp_path / "in", tmp_path / "out2", "--source-model", f"{models_py}:Old")
+    assert "PER-LAYER" not in human.output

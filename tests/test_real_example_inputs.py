@@ -104,3 +104,18 @@ def _toml_table(values: dict) -> str:
     import tomli_w
 
     return tomli_w.dumps(values)
+
+
+def test_batch_takes_example_inputs_for_every_file(unet1d, tmp_path, cli):
+    _, _, src = unet1d
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "unet.safetensors").write_bytes(src.read_bytes())
+    ref = _write_inputs(tmp_path, "python")
+    args = ["--source-model", "diffusers:UNet1DModel", "--source-args", json.dumps(UNET1D_ARGS), "--json"]
+    without = cli("batch", tmp_path / "in", tmp_path / "out0", *args)
+    (row,) = json.loads(without.stdout)["files"]  # no input the model takes: converted, but not checked whole
+    assert row["end_to_end_error"] is None and "example_inputs" in row["note"], row
+    result = cli("batch", tmp_path / "in", tmp_path / "out", *args, "--example-inputs", ref)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["files"]
+    assert row["status"] == "converted" and row["end_to_end_error"] <= 1e-10, row

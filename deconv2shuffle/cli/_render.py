@@ -241,6 +241,14 @@ def render_batch(result: BatchResult) -> None:
         f"{result.count('converted')} converted, {result.count('skipped')} up to date, {result.count('failed')} failed "
         f"in {result.seconds:.1f} s"
     )
+    unchecked = [f for f in result.files if f.status in ("converted", "checked") and f.end_to_end_error is None]
+    if unchecked:
+        say(
+            f"warning: {len(unchecked)} file(s) had ONLY THE PER-LAYER CHECKS: no end-to-end check ran for "
+            f"{', '.join(Path(f.input).name for f in unchecked[:3])}{' ...' if len(unchecked) > 3 else ''} "
+            "(give --source-model, or [models] in their specs, to check the whole model)",
+            style="bold yellow",
+        )
 
 
 def status(message: str, enabled: bool = True) -> Any:

@@ -95,6 +95,8 @@ def run_batch(
     drop: Sequence[str] = (),
     tolerance: float = DEFAULT_TOLERANCE,
     input_shape: Sequence[int] | None = None,
+    example_inputs: str | None = None,
+    accept_guesses: bool = False,
     allow_missing: bool = False,
     drop_unexpected: bool = False,
     hash_source: bool = True,
@@ -119,8 +121,9 @@ def run_batch(
         force: redo outputs that are up to date, and replace outputs this batch did not write.
         shard: ``(i, n)``: convert only the files whose path hashes to ``i`` modulo ``n``.
         approx, trust_pickle, allow_globals, state_dict_key, rename, drop, tolerance,
-            input_shape, allow_missing, drop_unexpected, hash_source: as for :func:`migrate`,
-            for every file.
+            input_shape, example_inputs, accept_guesses, allow_missing, drop_unexpected,
+            hash_source: as for :func:`migrate`, for every checkpoint (a sidecar spec's
+            ``[models] example_inputs`` serves its own file).
         to: output format: ``"same"``, ``"safetensors"`` or ``"pth"``.
         dry_run: convert and verify every file, write no checkpoint (status ``checked``).
         report_path: also write the result as JSON here (also when interrupted); checked like an
@@ -164,6 +167,8 @@ def run_batch(
         "drop": list(drop),
         "tolerance": tolerance,
         "input_shape": None if shape is None else list(shape),
+        "example_inputs": _absolute_ref(example_inputs),
+        "accept_guesses": accept_guesses,
         "allow_missing": allow_missing,
         "drop_unexpected": drop_unexpected,
         "hash_source": hash_source,
@@ -270,9 +275,23 @@ _CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "drop": [],
     "tolerance": DEFAULT_TOLERANCE,
     "input_shape": None,
+    "example_inputs": None,
+    "accept_guesses": False,
     "allow_missing": False,
     "drop_unexpected": False,
 }
+
+
+def _absolute_ref(ref: str | None) -> str | None:
+    """An example-inputs file or ``file.py:function`` with an absolute path, as worker processes see it."""
+    if not ref:
+        return None
+    where, colon, name = ref.rpartition(":")
+    if colon and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{name}"
+    if not colon and Path(ref).exists():
+        return str(Path(ref).resolve())
+    return ref  # a package.module:function reference
 
 
 def _unused_options(kinds: dict[Path, str], in_dir: Path, given: dict[str, Any]) -> list[str]:

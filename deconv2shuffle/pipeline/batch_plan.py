@@ -27,8 +27,27 @@ from typing import Any
 from ..errors import SpecError, UsageError
 from ..onnx_graph.files import looks_like_onnx
 
-CHECKPOINT_PATTERNS = ("*.pth", "*.pt", "*.bin", "*.ckpt", "*.safetensors", "*.safetensors.index.json", "*.onnx")
-_SUFFIXES = (".safetensors.index.json", ".index.json", ".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".onnx")
+CHECKPOINT_PATTERNS = (
+    "*.pth",
+    "*.pt",
+    "*.bin",
+    "*.ckpt",
+    "*.pth.tar",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.onnx",
+)
+_SUFFIXES = (
+    ".safetensors.index.json",
+    ".index.json",
+    ".safetensors",
+    ".pth.tar",
+    ".pth",
+    ".pt",
+    ".bin",
+    ".ckpt",
+    ".onnx",
+)
 ONNX = "onnx"  # a job's "kind" for ONNX models; checkpoints are "checkpoint"
 RECORDS = ".deconv2shuffle"  # the folder of records, at the top of the output folder
 RECORD_VERSION = 1

@@ -27,7 +27,9 @@ from ..core.spec import load_spec
 from ..errors import Deconv2ShuffleError
 from . import batch_plan as plan
 from .files import publish_file
-from .single import migrate
+from .single import NO_MODEL, migrate
+
+PER_LAYER_ONLY = "only per-layer checks: no source model"
 
 STOP_GRACE = 0.6  # seconds a stopped worker gets to remove its temporary file before it is killed
 
@@ -47,6 +49,7 @@ class FileResult:
     seconds: float = 0.0
     note: str | None = None
     kind: str = "checkpoint"  # or "onnx"
+    end_to_end_error: float | None = None  # the whole model's relative error; None: not run (see note)
 
 
 class Stop(BaseException):  # noqa: N818 (not an error: a request to stop, like KeyboardInterrupt)
@@ -142,6 +145,12 @@ def _convert_checkpoint(job: dict[str, Any], result: FileResult, claimed: list[b
     result.layers = len(report.layers)
     result.exact = all(layer.exact for layer in report.layers)
     result.max_rel_error = max((layer.max_rel_error for layer in report.layers), default=0.0)
+    e2e = report.end_to_end or {}
+    if "max_rel_error" in e2e:
+        result.end_to_end_error = e2e["max_rel_error"]
+    elif "skipped" in e2e:
+        why = PER_LAYER_ONLY if e2e["skipped"] == NO_MODEL else f"end-to-end check skipped: {e2e['skipped']}"
+        result.note = "; ".join(filter(None, [result.note, why]))
 
 
 def _convert_onnx(job: dict[str, Any], result: FileResult, claimed: list[bool]) -> None:
@@ -168,12 +177,14 @@ def _convert_onnx(job: dict[str, Any], result: FileResult, claimed: list[bool]) 
         notes.append(f"{len(report.left)} ConvTranspose node(s) left as they are ({report.left[0].reason})")
     if report.end_to_end and "skipped" in report.end_to_end:
         notes.append(f"end-to-end check skipped: {report.end_to_end['skipped']}")
+    elif report.end_to_end and "max_rel_error" in report.end_to_end:
+        result.end_to_end_error = report.end_to_end["max_rel_error"]
     result.note = "; ".join(filter(None, [result.note, *notes])) or None
 
 
 def _options(job: dict[str, Any]) -> dict[str, Any]:
     keys = ["approx", "trust_pickle", "allow_globals", "state_dict_key", "drop", "tolerance", "input_shape"]
-    keys += ["allow_missing", "drop_unexpected", "hash_source"]
+    keys += ["allow_missing", "drop_unexpected", "hash_source", "example_inputs", "accept_guesses"]
     return {k: job[k] for k in keys} | {"rename": [tuple(r) for r in job["rename"]]}
 
 
