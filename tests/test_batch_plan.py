@@ -4,6 +4,7 @@ sidecar models never imported when models are given, --report checks, migrate's 
 import json
 import os
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,7 +219,17 @@ FORWARDED = {
     "--rename=^a=b": ("rename", [("^a", "b")]),
     "--drop=^x": ("drop", ["^x"]),
     "--state-dict-key=sd": ("state_dict_key", "sd"),
+    "--accept-guesses": ("accept_guesses", True),
+    "--example-inputs=pkg.mod:make_inputs": ("example_inputs", "pkg.mod:make_inputs"),
 }
+
+
+def test_training_checkpoints_named_pth_tar_are_found_and_keep_their_name(tmp_path, cli):
+    src = _folder(tmp_path, ("model_best.pth.tar", "b.pth"))
+    result, data = _batch(cli, src, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(f["output"]).name for f in data["files"]) == ["b.pth", "model_best.pth.tar"]
+    assert (tmp_path / "out" / "model_best.pth.tar").is_file()
 
 
 @pytest.mark.parametrize("option", FORWARDED)
