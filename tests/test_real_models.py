@@ -18,7 +18,7 @@ import pytest
 import torch
 from real_models_helpers import check_library_path, need, trained, transposed_layers
 
-from deconv2shuffle import convert_model
+from deconv2shuffle import convert_model, load_spec
 from deconv2shuffle.compare import compare_outputs
 from deconv2shuffle.errors import CheckpointError, OutputExistsError
 from deconv2shuffle.examples import ExampleInputs
@@ -46,24 +46,9 @@ def with_timestep(*shape: int, timestep: int = 10):
 
 # -- model factories: each takes the imported library module ----------------------------------------------
 
-UNET1D_ARGS = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "extra_in_channels": 0,
-    "block_out_channels": [8, 16, 32],
-    "layers_per_block": 1,
-    "down_block_types": ["DownResnetBlock1D"] * 3,
-    "up_block_types": ["UpResnetBlock1D"] * 2,
-    "mid_block_type": "MidResTemporalBlock1D",
-    "out_block_type": "OutConv1DBlock",
-    "time_embedding_type": "positional",
-    "use_timestep_embedding": True,
-    "act_fn": "mish",
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "norm_num_groups": 8,
-}
+REAL_SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "real"
+# the UNet1DModel configuration of the real sample (its sidecar spec), shared with generate_real.py's
+UNET1D_ARGS = load_spec(REAL_SAMPLES / "diffusers_unet1d" / "diffusion_pytorch_model.toml").models["source_args"]
 MONAI_UNET_ARGS = {
     "spatial_dims": 2,
     "in_channels": 1,
@@ -426,7 +411,6 @@ def test_speechbrain_hifigan_remove_weight_norm_works_after_conversion():
 
 # -- the samples built from real classes (sample_checkpoints/real, written by generate_real.py) -------------
 
-REAL_SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "real"
 REAL_SAMPLE_FILES = {
     "monai_unet.pt": image(2, 1, 16, 16),
     "diffusers_unet1d/diffusion_pytorch_model.safetensors": with_timestep(2, 4, 16),
@@ -435,7 +419,6 @@ REAL_SAMPLE_FILES = {
 
 
 def _sample_factory(weights: Path):
-    from deconv2shuffle import load_spec
 
     models = load_spec(weights.with_name(weights.name.split(".")[0] + ".toml")).models
     module, _, name = models["source"].partition(":")
