@@ -31,12 +31,9 @@ latent) draw the same numbers.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import pickle
 import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,7 @@ from typing import Any
 import torch
 
 from .errors import SpecError
+from .references import first_line, import_attribute
 
 _ARG_KEY = re.compile(r"^args\.(\d+)$")
 _KWARG_KEY = re.compile(r"^kwargs\.([A-Za-z_]\w*(?:\.[A-Za-z_0-9]\w*)*)$")
@@ -229,7 +227,7 @@ def load_example_file(path: str | Path, *, trust_pickle: bool = False) -> Exampl
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise SpecError(f"{path}: cannot read example inputs as safetensors ({_first_line(e)})") from None
+            raise SpecError(f"{path}: cannot read example inputs as safetensors ({first_line(e)})") from None
         if not tensors:
             raise SpecError(f"{path}: the file holds no tensors; save inputs as args.0, args.1, ..., kwargs.NAME")
         return _unflatten(tensors, path)
@@ -243,13 +241,8 @@ def load_example_file(path: str | Path, *, trust_pickle: bool = False) -> Exampl
             "dicts, or pass trust_pickle=True only if you trust who made this file"
         ) from None
     except Exception as e:  # damaged or foreign bytes: one line, not torch's traceback
-        raise SpecError(f"{path}: cannot read example inputs ({_first_line(e)})") from None
+        raise SpecError(f"{path}: cannot read example inputs ({first_line(e)})") from None
     return _from_torch_object(obj, path)
-
-
-def _first_line(error: BaseException) -> str:
-    text = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
-    return text[:200]
 
 
 def save_example_inputs(path: str | Path, *args: torch.Tensor, **kwargs: torch.Tensor) -> Path:
@@ -294,46 +287,15 @@ def save_example_inputs(path: str | Path, *args: torch.Tensor, **kwargs: torch.T
 # Python references
 
 
-def _import_attribute(ref: str) -> Callable[..., Any]:
-    where, _, name = ref.rpartition(":")
-    if not where or not name:
-        raise SpecError(f"{ref!r}: expected 'path/to/file.py:make_inputs' or 'package.module:make_inputs'")
-    try:
-        if where.endswith(".py") or "/" in where or "\\" in where:
-            path = Path(where)
-            if not path.is_file():
-                raise SpecError(f"{ref!r}: file {where} not found")
-            mod_name = f"_deconv2shuffle_inputs_{abs(hash(str(path.resolve())))}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise SpecError(f"{ref!r}: cannot import {where}")
-            module = importlib.util.module_from_spec(spec)
-            folder = str(path.resolve().parent)
-            sys.path.insert(0, folder)
-            try:
-                sys.modules[mod_name] = module
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(folder)
-        else:
-            module = importlib.import_module(where)
-    except SpecError:
-        raise
-    except Exception as e:  # the user's code may raise anything while importing
-        raise SpecError(f"{ref!r}: importing {where} failed: {type(e).__name__}: {_first_line(e)}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise SpecError(f"{ref!r}: {where} has no function {name!r}")
-    return factory  # type: ignore[no-any-return]
-
-
 def inputs_from_reference(ref: str) -> ExampleInputs:
     """Call ``file.py:make_inputs`` / ``pkg.mod:make_inputs`` (no arguments) and read what it returns."""
-    factory = _import_attribute(ref)
+    factory = import_attribute(ref, repr(ref), kind="function")
+    if not callable(factory):
+        raise SpecError(f"{ref!r}: {ref.rpartition(':')[0]} has no function {ref.rpartition(':')[2]!r}")
     try:
         value = factory()
     except Exception as e:
-        raise SpecError(f"{ref!r}: calling it failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise SpecError(f"{ref!r}: calling it failed: {type(e).__name__}: {first_line(e)}") from None
     return as_example_inputs(value, ref)
 
 

@@ -7,10 +7,7 @@ when tracing fails, the next shuffle module registered beside the conv).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from torch import nn
 from ..errors import SpecError
 from ..geometry import TargetGeometry
 from ..nn import _TRANSPOSED, PixelShuffle, _SubPixelConvTranspose, transposed_spec
+from ..references import import_attribute
 from .spec import LayerSpec
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -43,35 +41,9 @@ def load_model(ref: str, args: str | dict[str, Any] | None = None, *, what: str 
     name_of = f"{what}={ref!r}"
     if ":" not in ref:
         raise SpecError(f"{name_of}: expected 'package.module:Name' or 'path/to/file.py:Name'")
-    where, _, name = ref.rpartition(":")
     kwargs = model_args(args, what.replace("model", "args"))
-    try:
-        if where.endswith(".py") or "/" in where or "\\" in where:
-            path = Path(where)
-            if not path.is_file():
-                raise SpecError(f"{name_of}: file {where} not found")
-            mod_name = f"_deconv2shuffle_user_{abs(hash(str(path.resolve())))}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise SpecError(f"{name_of}: cannot import {where}")
-            module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(path.resolve().parent))
-            try:
-                sys.modules[mod_name] = module
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(str(path.resolve().parent))
-        else:
-            module = importlib.import_module(where)
-    except SpecError:
-        raise
-    except ModuleNotFoundError as e:
-        raise SpecError(f"{name_of}: importing {where} failed: {e}{_file_hint(where, name, what, e)}") from None
-    except Exception as e:  # the user's code may raise anything while importing
-        raise SpecError(f"{name_of}: importing {where} failed: {type(e).__name__}: {e}") from None
-    factory = getattr(module, name, None)
-    if factory is None:
-        raise SpecError(f"{name_of}: {where} has no attribute {name!r}")
+    factory = import_attribute(ref, name_of, lambda where, name, e: _file_hint(where, name, what, e))
+    name = ref.rpartition(":")[2]
     try:
         model = factory(**kwargs)
     except Exception as e:

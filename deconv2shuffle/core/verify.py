@@ -22,6 +22,7 @@ from ..errors import SpecError, VerificationError
 from ..examples import ExampleInputs, random_inputs
 from ..geometry import SubPixelPlan, TargetGeometry
 from ..nn import clone_module, convert_model, subpixel_forward
+from ..references import first_line
 from ..rewrite import transposed_to_subpixel
 from .keys import strip_prefix
 from .models import guess_input, target_convs
@@ -263,7 +264,7 @@ def _run_both(
         want = _flat(inputs.run(old_model, seed=seed, dtype=torch.float64))
     except Exception as e:  # the user's forward may raise anything
         raise SpecError(
-            f"the source model cannot run on {what} ({type(e).__name__}: {_first_line(e)}); give the input it takes: "
+            f"the source model cannot run on {what} ({type(e).__name__}: {first_line(e)}); give the input it takes: "
             "input_shape=(N, C, H, W) for one tensor, or example_inputs=FILE for several (a .pt/.safetensors file "
             "of args.N/kwargs.NAME tensors, or file.py:make_inputs)"
         ) from None
@@ -278,14 +279,9 @@ def _run_both(
         )
         raise SpecError(
             f"the target model fails on input {inputs.describe()}, which the source model takes "
-            f"({type(e).__name__}: {_first_line(e)}){advice}"
+            f"({type(e).__name__}: {first_line(e)}){advice}"
         ) from None
     return want, got
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def end_to_end(
