@@ -36,7 +36,7 @@ from onnx import TensorProto, helper
 
 from .files import SKELETON_BIG
 
-# element types fed to ONNX Runtime as numpy arrays (see runtime._FED), the only ones deferred
+# element types deferred (written from numpy arrays); ONNX Runtime is fed these and bool (runtime._FED)
 DEFERRABLE = {
     TensorProto.FLOAT,
     TensorProto.DOUBLE,

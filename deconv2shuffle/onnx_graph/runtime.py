@@ -18,23 +18,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import VerificationError
+from .deferred import DEFERRABLE
 from .files import skeleton
 
 # element types whose weights travel as numpy inputs; others stay initializers of the skeleton
-_FED = {
-    TensorProto.FLOAT,
-    TensorProto.DOUBLE,
-    TensorProto.FLOAT16,
-    TensorProto.INT8,
-    TensorProto.UINT8,
-    TensorProto.INT16,
-    TensorProto.UINT16,
-    TensorProto.INT32,
-    TensorProto.UINT32,
-    TensorProto.INT64,
-    TensorProto.UINT64,
-    TensorProto.BOOL,
-}
+_FED = DEFERRABLE | {TensorProto.BOOL}
 _NUMPY_OF = {
     "tensor(float)": "float32",
     "tensor(double)": "float64",
