@@ -45,6 +45,7 @@ def ref_file(ref: str | None) -> list[Path]:
 
 
 def named_files(spec: str | Path | None, source_model: str | None, target_model: str | None) -> list[Path]:
+    """The files a run names before anything is loaded: the spec, and the models' Python files."""
     return [*([Path(spec)] if spec else []), *ref_file(source_model), *ref_file(target_model)]
 
 
