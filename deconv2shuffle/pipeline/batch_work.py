@@ -145,12 +145,22 @@ def _convert_checkpoint(job: dict[str, Any], result: FileResult, claimed: list[b
     result.layers = len(report.layers)
     result.exact = all(layer.exact for layer in report.layers)
     result.max_rel_error = max((layer.max_rel_error for layer in report.layers), default=0.0)
-    e2e = report.end_to_end or {}
+    _record_end_to_end(result, report.end_to_end)
+
+
+def _add_note(result: FileResult, *notes: str) -> None:
+    result.note = "; ".join(filter(None, [result.note, *notes])) or None
+
+
+def _record_end_to_end(result: FileResult, e2e: dict[str, Any] | None) -> None:
+    """The whole model's error, or (a note) why the whole model was not checked."""
+    e2e = e2e or {}
     if "max_rel_error" in e2e:
         result.end_to_end_error = e2e["max_rel_error"]
     elif "skipped" in e2e:
-        why = PER_LAYER_ONLY if e2e["skipped"] == NO_MODEL else f"end-to-end check skipped: {e2e['skipped']}"
-        result.note = "; ".join(filter(None, [result.note, why]))
+        _add_note(
+            result, PER_LAYER_ONLY if e2e["skipped"] == NO_MODEL else f"end-to-end check skipped: {e2e['skipped']}"
+        )
 
 
 def _convert_onnx(job: dict[str, Any], result: FileResult, claimed: list[bool]) -> None:
@@ -172,14 +182,9 @@ def _convert_onnx(job: dict[str, Any], result: FileResult, claimed: list[bool]) 
     result.layers = len(converted)
     result.exact = True  # every rewritten node moved its weights bit for bit, checked in float64
     result.max_rel_error = max((n.max_rel_error or 0.0 for n in converted), default=0.0)
-    notes = []
     if report.left:
-        notes.append(f"{len(report.left)} ConvTranspose node(s) left as they are ({report.left[0].reason})")
-    if report.end_to_end and "skipped" in report.end_to_end:
-        notes.append(f"end-to-end check skipped: {report.end_to_end['skipped']}")
-    elif report.end_to_end and "max_rel_error" in report.end_to_end:
-        result.end_to_end_error = report.end_to_end["max_rel_error"]
-    result.note = "; ".join(filter(None, [result.note, *notes])) or None
+        _add_note(result, f"{len(report.left)} ConvTranspose node(s) left as they are ({report.left[0].reason})")
+    _record_end_to_end(result, report.end_to_end)
 
 
 def _options(job: dict[str, Any]) -> dict[str, Any]:
